@@ -1,0 +1,45 @@
+# make demo : create/reuse .venv, install, launch the Gradio app (add ARGS="--tiny" offline)
+# make test : create/reuse .venv, install dev extras (+ chromium where apt exists), run the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# torch and torchvision must come as a matching pair, installed first (see ../shared/ENV.md).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+
+.PHONY: demo test install install-dev browser lint bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Debian chromium for the browser test (skipped silently where apt is unavailable or not root).
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+
+demo: install
+	$(PY) app.py $(ARGS)
+
+test: install-dev browser
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check denseclip train tests benchmarks app.py
+
+bench: install
+	$(PY) benchmarks/bench_inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

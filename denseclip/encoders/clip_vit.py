@@ -1,0 +1,135 @@
+"""CLIP ViT (open_clip VisionTransformer) as a dense encoder with the authors' multi-scale necks.
+
+Parameter names stay open_clip's (`conv1`, `class_embedding`, `positional_embedding`, `ln_pre`,
+`transformer.resblocks.N.*`, `ln_post`, `proj`); the necks are `fpn1`..`fpn4` as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import drop_path
+from torch import nn
+
+from .base import EncoderOutput, grid_of, resize_pos_embed
+
+_ADOPT = ("conv1", "ln_pre", "transformer", "ln_post")
+
+
+def _necks(width: int, patch_size: int) -> dict[str, nn.Module]:
+    """Stride-16 token maps -> strides 4/8/16/32 (the authors' fpn1..fpn4 for patch 16; 8 also works)."""
+    if patch_size == 16:
+        return {
+            "fpn1": nn.Sequential(nn.GroupNorm(1, width), nn.ConvTranspose2d(width, width, 2, 2),
+                                  nn.BatchNorm2d(width), nn.GELU(), nn.ConvTranspose2d(width, width, 2, 2)),
+            "fpn2": nn.Sequential(nn.GroupNorm(1, width), nn.ConvTranspose2d(width, width, 2, 2)),
+            "fpn3": nn.GroupNorm(1, width),
+            "fpn4": nn.Sequential(nn.GroupNorm(1, width), nn.MaxPool2d(2, 2)),
+        }
+    if patch_size == 8:
+        return {
+            "fpn1": nn.Sequential(nn.GroupNorm(1, width), nn.ConvTranspose2d(width, width, 2, 2)),
+            "fpn2": nn.GroupNorm(1, width),
+            "fpn3": nn.Sequential(nn.GroupNorm(1, width), nn.MaxPool2d(2, 2)),
+            "fpn4": nn.Sequential(nn.GroupNorm(1, width), nn.MaxPool2d(4, 4)),
+        }
+    raise ValueError(f"multi-scale necks exist for patch size 16 or 8, not {patch_size}; "
+                     "use with_necks=False for dense embeddings only (zero-shot)")
+
+
+class CLIPViTEncoder(nn.Module):
+    """open_clip VisionTransformer -> 4 stage features + global and dense embeddings.
+
+    Tokens after the blocks in `out_indices` become (B, width, H/p, W/p) maps, turned into strides
+    4/8/16/32 by the necks. `dense` = ln_post(last tokens) @ proj (B, D, H/p, W/p); `global` is the
+    class token through the same path.
+
+    official_cls=True reproduces the authors' forward (the class token receives class_embedding twice:
+    as the token and added to its positional term) -- needed for their released ViT checkpoint.
+    official_cls=False is open_clip-faithful (zero-shot): `global` equals `encode_image`.
+    """
+
+    def __init__(self, tower: nn.Module, input_resolution: int | None = None,
+                 out_indices: tuple[int, ...] = (3, 5, 7, 11), official_cls: bool = True,
+                 with_necks: bool = True, drop_path_rate: float = 0.0):
+        super().__init__()
+        if getattr(tower, "attn_pool", None) is not None or getattr(tower, "final_ln_after_pool", False):
+            raise ValueError("CLIP ViTs with attentional pooling / final LN after pool are not supported")
+        for name in _ADOPT:
+            self.add_module(name, getattr(tower, name))
+        self.class_embedding = tower.class_embedding
+        self.positional_embedding = tower.positional_embedding
+        self.proj = tower.proj
+        self.patch_size = self.conv1.kernel_size[0]
+        self.width = self.conv1.out_channels
+        self.embed_dim = self.proj.shape[1]
+        self.pos_grid = grid_of(self.positional_embedding.shape[0] - 1)
+        n_blocks = len(self.transformer.resblocks)
+        if any(i < 0 or i >= n_blocks for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} out of range for a ViT with {n_blocks} blocks")
+        self.out_indices = tuple(out_indices)
+        self.official_cls = official_cls
+        self.batch_first = getattr(self.transformer, "batch_first", True)
+        self.drop_path_rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
+        self.with_necks = with_necks
+        if with_necks:
+            for name, module in _necks(self.width, self.patch_size).items():
+                self.add_module(name, module)
+        self.feature_strides = (4, 8, 16, 32) if with_necks else (self.patch_size,) * 4
+        self.feature_channels = (self.width,) * 4
+        if input_resolution is not None:
+            self.set_input_resolution(input_resolution)
+
+    def set_input_resolution(self, resolution: int) -> None:
+        """Resize the positional embedding once to the grid of `resolution / patch` (640 -> 40x40)."""
+        grid = (resolution // self.patch_size, resolution // self.patch_size)
+        with torch.no_grad():
+            pos = resize_pos_embed(self.positional_embedding.data, self.pos_grid, grid)
+        self.positional_embedding = nn.Parameter(pos, requires_grad=self.positional_embedding.requires_grad)
+        self.pos_grid = grid
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) -> tokens (B, 1 + h*w, width) after ln_pre, and the grid (h, w)."""
+        x = self.conv1(x.to(self.conv1.weight.dtype))
+        b, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(b, 1, c)
+        pos = resize_pos_embed(self.positional_embedding, self.pos_grid, (h, w)).to(x.dtype)
+        if self.official_cls:
+            pos = torch.cat([pos[:1] + self.class_embedding.to(x.dtype), pos[1:]], dim=0)
+        x = torch.cat([cls, x], dim=1) + pos
+        return self.ln_pre(x), (h, w)
+
+    def run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Block i on batch-first tokens, with stochastic depth while training."""
+        blk = self.transformer.resblocks[i]
+        p = self.drop_path_rates[i] if self.training else 0.0
+        if p == 0.0:
+            if self.batch_first:
+                return blk(x)
+            return blk(x.transpose(0, 1)).transpose(0, 1)
+        # Same computation as open_clip's ResidualAttentionBlock, with drop_path on both branches.
+        q = blk.ln_1(x)
+        attn = blk.attn(q, q, q, need_weights=False)[0] if self.batch_first else \
+            blk.attn(q.transpose(0, 1), q.transpose(0, 1), q.transpose(0, 1), need_weights=False)[0].transpose(0, 1)
+        x = x + drop_path(blk.ls_1(attn), p, True)
+        return x + drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), p, True)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ln_post then proj: tokens (B, N, width) -> (B, N, D)."""
+        return self.ln_post(tokens) @ self.proj
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        x, (h, w) = self.embed(x)
+        b = x.shape[0]
+        maps = []
+        for i in range(len(self.transformer.resblocks)):
+            x = self.run_block(i, x)
+            if i in self.out_indices:
+                maps.append(x[:, 1:].transpose(1, 2).reshape(b, -1, h, w).contiguous())
+        if self.with_necks:
+            feats = [neck(m) for neck, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps)]
+        else:
+            feats = maps
+        out = self.project(x)
+        dense = out[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+        return EncoderOutput(features=feats, global_embedding=out[:, 0], dense=dense)

@@ -1,0 +1,270 @@
+"""The DenseCLIP segmentor: encoder + context-aware prompting + pixel-text score maps + FPN + losses.
+
+Follow a tensor:
+    images (B,3,H,W) -> encoder -> stage features C2..C5, dense z (B,D,h,w), global z_g (B,D)
+    t  = text_encoder(class tokens, contexts)                       (K, D)   cached in eval
+    t' = t + gamma * context_decoder(t, [z_g; z])                    (B, K, D)
+    S  = normalize(z) . normalize(t')^T                              (B, K, h, w)  score maps
+    features[score_concat_index] = cat(features[i], S) -> FPN -> FPN head -> logits (B, K, H/4, W/4)
+    train: CE(logits, labels) + aux_loss_weight * CE(S / tau, labels)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DenseCLIPConfig
+from .decoders import FPN, FPNHead
+from .encoders import CLIPViTEncoder, TimmEncoder, encoder_from_clip
+from .prompting import (
+    ContextDecoder,
+    ContextTextEncoder,
+    PreModelPrompter,
+    phrase_embeddings,
+    tokenize_class_names,
+)
+from .vocab import clean_class_names
+
+
+def check_images(images: torch.Tensor) -> None:
+    """Clear errors for inputs the model cannot take."""
+    if not torch.is_tensor(images) or images.ndim != 4:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}; "
+                         "use denseclip.predict() for PIL images or numpy arrays")
+    if images.shape[1] != 3:
+        raise ValueError(f"images must have 3 channels (RGB), got {images.shape[1]} in shape {tuple(images.shape)}")
+    if images.shape[2] < 32 or images.shape[3] < 32:
+        raise ValueError(f"images must be at least 32x32 pixels, got {tuple(images.shape[2:])}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf values")
+
+
+def score_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Pixel-text matching: cosine similarity of every pixel with every class.
+
+    dense (B, D, H, W), text (B, K, D) or (K, D) -> S (B, K, H, W) in [-1, 1].
+    """
+    dense = F.normalize(dense, dim=1)
+    text = F.normalize(text, dim=-1)
+    if text.ndim == 2:
+        return torch.einsum("bchw,kc->bkhw", dense, text)
+    return torch.einsum("bchw,bkc->bkhw", dense, text)
+
+
+class DenseCLIP(nn.Module):
+    """DenseCLIP (or the CLIP+FPN baseline when `cfg.use_text` is False).
+
+    Submodule and parameter names match the authors' checkpoints: `backbone`, `text_encoder`,
+    `context_decoder`, `contexts` (1, M, width), `gamma` (D,), `neck`, `decode_head`.
+    Build it with `denseclip.build_model(preset_or_config)`.
+    """
+
+    def __init__(self, cfg: DenseCLIPConfig, clip_model: nn.Module | None):
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.num_classes
+        clean_class_names(cfg.class_names)  # clear errors for empty lists, blank or duplicate names
+        # --- visual encoder ---
+        if cfg.backbone == "clip":
+            if clip_model is None:
+                raise ValueError("a CLIP backbone needs the open_clip model (build with denseclip.build_model)")
+            self.backbone = encoder_from_clip(
+                clip_model.visual, cfg.input_resolution, out_indices=cfg.vit_out_indices,
+                official_cls=cfg.vit_official_cls, drop_path_rate=cfg.drop_path_rate) \
+                if cfg.is_vit else encoder_from_clip(clip_model.visual, cfg.input_resolution)
+            embed_dim = self.backbone.embed_dim if cfg.use_text else None
+        else:
+            text_dim = clip_model.text_projection.shape[-1] if (cfg.use_text and clip_model is not None) else None
+            self.backbone = TimmEncoder(cfg.backbone, text_dim, pretrained=cfg.backbone_pretrained)
+            embed_dim = text_dim
+        # --- text side ---
+        in_channels = list(self.backbone.feature_channels)
+        if cfg.use_text:
+            if clip_model is None:
+                raise ValueError("use_text=True needs the open_clip model for its text encoder")
+            self.text_encoder = ContextTextEncoder(clip_model, cfg.num_contexts, cfg.class_token_budget)
+            if self.text_encoder.embed_dim != embed_dim:
+                raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {self.text_encoder.embed_dim}")
+            width = self.text_encoder.width
+            self.contexts = nn.Parameter(torch.empty(1, cfg.num_contexts, width))
+            if cfg.context_init:
+                init = phrase_embeddings(self.text_encoder.token_embedding, cfg.context_init)
+                if init.shape[0] != cfg.num_contexts:
+                    raise ValueError(f"context_init {cfg.context_init!r} has {init.shape[0]} tokens but "
+                                     f"num_contexts is {cfg.num_contexts}")
+                self.contexts.data.copy_(init[None])
+            else:
+                nn.init.trunc_normal_(self.contexts)  # the authors: trunc_normal_ with its defaults (std 1)
+            self.gamma = nn.Parameter(torch.full((embed_dim,), cfg.gamma_init))
+            self.context_decoder = ContextDecoder(cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers,
+                                                  embed_dim, cfg.decoder_dropout) if cfg.context_decoder else None
+            self.pre_prompter = PreModelPrompter(cfg.num_contexts, embed_dim, width, cfg.decoder_width,
+                                                 cfg.decoder_heads, cfg.decoder_layers, cfg.decoder_dropout) \
+                if cfg.pre_model_prompting else None
+            if cfg.freeze_text_encoder:
+                self.text_encoder.requires_grad_(False)
+            if not 0 <= cfg.score_concat_index < len(in_channels):
+                raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(in_channels)})")
+            in_channels[cfg.score_concat_index] += k
+            self.register_buffer("texts", tokenize_class_names(cfg.class_names, cfg.class_token_budget),
+                                 persistent=False)
+        self.neck = FPN(in_channels, cfg.neck_channels)
+        self.decode_head = FPNHead([cfg.neck_channels] * 4, cfg.head_channels, k, self.backbone.feature_strides,
+                                   cfg.head_dropout)
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ text side
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.cfg.class_names)
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Rename the classes (same count: the head has one output per class). Invalidates the text cache."""
+        class_names = tuple(class_names)
+        clean_class_names(class_names)
+        if len(class_names) != self.cfg.num_classes:
+            raise ValueError(f"the model has {self.cfg.num_classes} classes; got {len(class_names)} names")
+        if self.cfg.use_text:
+            self.texts = tokenize_class_names(class_names, self.cfg.class_token_budget).to(self.texts.device)
+        self.cfg = self.cfg.replace(class_names=class_names)
+        self._text_cache = None
+
+    def _text_cache_key(self) -> tuple:
+        # Parameter._version grows with every in-place update (optimizer step, load_state_dict, copy_),
+        # so a changed text encoder or contexts invalidates the cache without hooks.
+        versions = sum(p._version for p in self.text_encoder.parameters())
+        return (self.texts.data_ptr(), self.texts._version, self.contexts._version, self.contexts.data_ptr(),
+                versions, self.contexts.device, self.contexts.dtype,
+                torch.is_autocast_enabled(self.contexts.device.type))
+
+    def text_embeddings(self) -> torch.Tensor:
+        """t = text_encoder(class tokens, contexts): (K, D). Cached in eval mode (no grad)."""
+        if self.training or torch.is_grad_enabled():
+            return self.text_encoder(self.texts, self.contexts)[0]
+        key = self._text_cache_key()
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self.text_encoder(self.texts, self.contexts)[0])
+        return self._text_cache[1]
+
+    def clear_text_cache(self) -> None:
+        self._text_cache = None
+
+    # ------------------------------------------------------------------ forward
+    def forward_dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, 3, H, W) -> {"logits": (B, K, H/4, W/4), "score_map": (B, K, H/32, W/32) or absent,
+        "text_embeddings": (B, K, D) t' or absent}."""
+        check_images(images)
+        enc = self.backbone(images)
+        feats = list(enc.features)
+        out: dict[str, torch.Tensor] = {}
+        if self.cfg.use_text:
+            b, d, h, w = enc.dense.shape
+            visual_context = torch.cat([enc.global_embedding.reshape(b, d, 1), enc.dense.reshape(b, d, h * w)],
+                                       dim=2).permute(0, 2, 1)  # (B, 1 + h*w, D)
+            if self.pre_prompter is not None:
+                contexts = self.contexts + self.pre_prompter(visual_context).to(self.contexts.dtype)
+                text = self.text_encoder(self.texts, contexts)  # (B, K, D): once per image
+            else:
+                text = self.text_embeddings().unsqueeze(0).expand(b, -1, -1)
+            text = text.to(enc.dense.dtype)
+            if self.context_decoder is not None:
+                text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
+            s = score_maps(enc.dense, text)
+            i = self.cfg.score_concat_index
+            if s.shape[2:] != feats[i].shape[2:]:
+                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features {tuple(feats[i].shape[2:])} "
+                                 "differ in size; pick the stage at the embedding stride (score_concat_index)")
+            feats[i] = torch.cat([feats[i], s.to(feats[i].dtype)], dim=1)
+            out["score_map"] = s
+            out["text_embeddings"] = text
+        out["logits"] = self.decode_head(self.neck(feats))
+        return out
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """Without labels: logits (B, K, H/4, W/4). With labels (B, H, W) (ignore = cfg.ignore_index):
+        a dict of losses {"loss_seg", "loss_aux" (DenseCLIP only), "loss" (their sum)}."""
+        out = self.forward_dense(images)
+        if labels is None:
+            return out["logits"]
+        return self.losses(out, labels)
+
+    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if labels.ndim == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 3:
+            raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
+        labels = labels.long()
+        losses = {"loss_seg": self._ce(out["logits"], labels)}
+        if "score_map" in out and self.cfg.aux_loss_weight > 0:
+            losses["loss_aux"] = self.cfg.aux_loss_weight * self._ce(out["score_map"] / self.cfg.tau, labels)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """mmseg's decode-head loss: logits resized (bilinear) to the label size, CE with ignore_index."""
+        logits = F.interpolate(logits.float(), size=labels.shape[1:], mode="bilinear", align_corners=False)
+        ignore = self.cfg.ignore_index
+        bad = (labels != ignore) & ((labels < 0) | (labels >= logits.shape[1]))
+        if bad.any():
+            raise ValueError(f"labels contain values outside [0, {logits.shape[1] - 1}] other than ignore={ignore}: "
+                             f"{torch.unique(labels[bad]).tolist()[:10]}")
+        loss = F.cross_entropy(logits, labels, ignore_index=ignore, reduction="none")
+        if self.cfg.loss_avg_non_ignore:
+            return loss.sum() / (labels != ignore).sum().clamp(min=1)
+        return loss.mean()  # mmseg 0.x: ignored pixels count in the denominator (as the authors trained)
+
+    # ------------------------------------------------------------------ parameter groups
+    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
+                     text_encoder_lr_mult: float = 0.0, norm_decay: bool = False) -> list[dict]:
+        """AdamW groups as the authors' recipe: backbone lr x0.1, text encoder lr x0 (frozen), no weight
+        decay on parameters whose names contain "norm" (their rule), the rest at lr."""
+        groups: dict[tuple[float, float], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            mult = backbone_lr_mult if name.startswith("backbone.") else \
+                text_encoder_lr_mult if name.startswith("text_encoder.") else 1.0
+            if mult == 0.0:
+                continue
+            # mmcv custom_keys: the first matching key wins, longest first ("text_encoder", "backbone",
+            # "norm"), so the no-decay rule never reaches backbone or text-encoder parameters.
+            keyed = name.startswith(("backbone.", "text_encoder."))
+            wd = 0.0 if (not keyed and "norm" in name and not norm_decay) else weight_decay
+            groups.setdefault((mult, wd), []).append(p)
+        return [{"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": wd} for (m, wd), ps in groups.items()]
+
+    def extra_repr(self) -> str:
+        return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"
+
+
+def is_vit_encoder(model: DenseCLIP) -> bool:
+    return isinstance(model.backbone, CLIPViTEncoder)
+
+
+def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k", pretrained: bool | str | None = True,
+                class_names: Sequence[str] | None = None, **overrides) -> DenseCLIP:
+    """Build a DenseCLIP model from a preset name or a DenseCLIPConfig (in train mode, on CPU).
+
+    pretrained=True loads the config's CLIP weights (`clip_pretrained`, e.g. OpenAI's) and, for timm
+    backbones, timm's ImageNet weights; False/None builds random weights (tests, offline); a string is an
+    open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
+    """
+    from .config import get_preset
+    from .weights import create_clip
+
+    cfg = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if class_names is not None:
+        overrides["class_names"] = tuple(class_names)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
+    if not pretrained and cfg.backbone != "clip":
+        cfg = cfg.replace(backbone_pretrained=False)
+    clip_model = create_clip(cfg.clip_model, tag, cfg.clip_arch, cfg.quick_gelu) \
+        if (cfg.backbone == "clip" or cfg.use_text) else None
+    return DenseCLIP(cfg, clip_model).train()
