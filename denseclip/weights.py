@@ -131,13 +131,14 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
         path = pretrained if Path(pretrained).is_file() else None
         if path is None and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in pretrained):
             raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
+        if path is None and arch is not None:
+            raise ValueError("an explicit clip_arch takes a local weights file, not a tag")
+        path = path or _find_in_weights_dir(model_name, pretrained)
         if path is None:
-            if arch is not None:
-                raise ValueError("an explicit clip_arch takes a local weights file, not a tag")
             if not open_clip.get_pretrained_cfg(model_name, pretrained):
                 tags = open_clip.list_pretrained_tags_by_model(model_name)
                 raise ValueError(f"no pretrained tag {pretrained!r} for {model_name}; available: {tags}")
-            path = _find_in_weights_dir(model_name, pretrained) or _cached_hub_file(model_name, pretrained)
+            path = _cached_hub_file(model_name, pretrained)
         if path is None:
             if not hub_reachable():
                 raise WeightsUnavailableError(_offline_help(f"CLIP weights {model_name}/{pretrained}"))

@@ -38,7 +38,7 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
         arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
