@@ -97,7 +97,7 @@ def test_predict_flip_and_scales_average(model):
     lambda rgb: Image.fromarray(rgb),
     lambda rgb: Image.fromarray(rgb).convert("L"),
     lambda rgb: Image.fromarray(rgb).convert("RGBA"),
-    lambda rgb: Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),  # 16-bit grayscale
+    lambda rgb: Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),  # 16-bit grayscale
     lambda rgb: rgb[..., 0],
     lambda rgb: torch.from_numpy(rgb).permute(2, 0, 1).float() / 255,
 ])

@@ -11,7 +11,13 @@ from conftest import make_clip, randomize_bn
 
 import denseclip
 from denseclip.config import TINY_RN_ARCH, DenseCLIPConfig
-from denseclip.weights import WEIGHTS_DIR_ENV, WeightsUnavailableError, create_clip, hub_reachable, load_clip_state_dict
+from denseclip.weights import (
+    WEIGHTS_DIR_ENV,
+    WeightsUnavailableError,
+    create_clip,
+    hub_reachable,
+    load_clip_state_dict,
+)
 
 
 @pytest.fixture
