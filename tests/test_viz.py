@@ -1,0 +1,327 @@
+"""Tests for denseclip.viz: palettes, label-map images and PNG round trips, overlays, score-map figures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from denseclip import viz
+
+RNG = np.random.default_rng(0)
+NAMES = ["wall", "sky", "tree", "road", "person"]
+
+
+def rand_labels(h=24, w=32, k=5, ignore_frac=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, k, size=(h, w))
+    if ignore_frac:
+        lab[rng.random((h, w)) < ignore_frac] = 255
+    return lab
+
+
+def rand_image(h=24, w=32, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def image_axes(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+# ------------------------------------------------------------------------------------ palettes
+
+def test_palette_shape_dtype_and_ade20k_convention():
+    p = viz.make_palette(150)
+    assert p.shape == (150, 3) and p.dtype == np.uint8
+    assert p[:4].tolist() == [[120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50]]
+    ade = viz.PALETTES["ade20k"]
+    assert ade.shape == (150, 3) and ade.dtype == np.uint8 and not ade.flags.writeable
+    assert ade[149].tolist() == [92, 0, 255]
+    # the published palette repeats index 6 at index 48; make_palette replaces only that row
+    assert ade[48].tolist() == ade[6].tolist() == [140, 140, 140]
+    differs = np.flatnonzero((p != ade).any(axis=1))
+    assert differs.tolist() == [48]
+    assert viz.make_palette(5).tolist() == p[:5].tolist()
+    assert viz.make_palette(0).shape == (0, 3)
+
+
+@pytest.mark.parametrize("n", [150, 1000, 3000])
+def test_palette_rows_unique_and_not_black(n):
+    p = viz.make_palette(n)
+    assert p.shape == (n, 3)
+    assert len({tuple(r) for r in p.tolist()}) == n
+    assert not (p == 0).all(axis=1).any()  # black is reserved for ignored pixels
+
+
+def test_palette_deterministic_and_seeded():
+    assert np.array_equal(viz.make_palette(1000), viz.make_palette(1000))
+    a, b = viz.make_palette(1000, seed=0), viz.make_palette(1000, seed=1)
+    assert np.array_equal(np.delete(a[:150], 48, 0), np.delete(b[:150], 48, 0))  # ADE20K part fixed
+    assert not np.array_equal(a[150:], b[150:])
+    with pytest.raises(ValueError):
+        viz.make_palette(-1)
+
+
+# ------------------------------------------------------------------------------------ label maps
+
+def test_colorize_maps_labels_to_palette_and_ignore_to_black():
+    lab = rand_labels(ignore_frac=0.2)
+    pal = viz.make_palette(5)
+    rgb = np.asarray(viz.colorize(lab, pal))
+    assert rgb.shape == (*lab.shape, 3) and viz.colorize(lab, pal).mode == "RGB"
+    for c in range(5):
+        assert (rgb[lab == c] == pal[c]).all()
+    assert (rgb[lab == 255] == 0).all()
+    # default palette and named palette agree with make_palette on the first classes
+    assert np.array_equal(np.asarray(viz.colorize(lab)), rgb)
+    assert np.array_equal(np.asarray(viz.colorize(lab, "ade20k")), rgb)
+
+
+def test_colorize_errors():
+    with pytest.raises(ValueError, match=r"make_palette\(10\)"):
+        viz.colorize(np.full((2, 2), 9), viz.make_palette(5))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        viz.colorize(np.zeros((1, 2, 2), dtype=int))
+    with pytest.raises(ValueError, match="integer"):
+        viz.colorize(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        viz.colorize(np.zeros((2, 2), dtype=int), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="unknown palette"):
+        viz.colorize(np.zeros((2, 2), dtype=int), "nope")
+
+
+def test_label_map_png_round_trip(tmp_path: Path):
+    lab = rand_labels(k=150, ignore_frac=0.1)
+    pal = viz.make_palette(150)
+    im = viz.label_map_png(lab, pal)
+    assert im.mode == "P"
+    path = tmp_path / "labels.png"
+    im.save(path)
+    back = Image.open(path)
+    assert back.mode == "P"
+    assert np.array_equal(np.asarray(back).astype(np.int64), lab)
+    flat = back.getpalette()
+    assert flat[: 150 * 3] == pal.reshape(-1).tolist()
+    assert flat[255 * 3: 256 * 3] == [0, 0, 0]  # ignore slot is black
+    # rendering the palette image gives the same colours as colorize
+    assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(viz.colorize(lab, pal)))
+
+
+def test_label_map_png_rejects_large_labels_and_png16_round_trips(tmp_path: Path):
+    lab = rand_labels(k=1000)
+    lab[0, 0] = 65535
+    with pytest.raises(ValueError, match="labels_to_png16"):
+        viz.label_map_png(lab, viz.make_palette(1000))
+    with pytest.raises(ValueError):
+        viz.label_map_png(np.full((2, 2), -1), None)
+    path = tmp_path / "labels16.png"
+    viz.labels_to_png16(torch.from_numpy(lab)).save(path)
+    assert np.array_equal(np.asarray(Image.open(path)).astype(np.int64), lab)
+    with pytest.raises(ValueError, match="65535"):
+        viz.labels_to_png16(np.full((2, 2), 70000))
+
+
+# ------------------------------------------------------------------------------------ overlay / heatmap
+
+def test_overlay_alpha_extremes_and_ignore():
+    img, lab = rand_image(), rand_labels()
+    pal = viz.make_palette(5)
+    assert np.array_equal(np.asarray(viz.overlay(img, lab, pal, alpha=0.0)), img)
+    assert np.array_equal(np.asarray(viz.overlay(Image.fromarray(img), lab, pal, alpha=1.0)),
+                          np.asarray(viz.colorize(lab, pal)))
+    half = np.asarray(viz.overlay(img, lab, pal, alpha=0.5)).astype(int)
+    expected = (img.astype(float) + pal[lab]) / 2
+    assert np.abs(half - expected).max() <= 0.5 + 1e-9
+    lab_ign = rand_labels(ignore_frac=0.3)
+    out = np.asarray(viz.overlay(img, lab_ign, pal, alpha=1.0))
+    assert (out[lab_ign == 255] == img[lab_ign == 255]).all()  # ignored pixels show the image
+
+
+def test_overlay_size_mismatch_and_bad_alpha():
+    with pytest.raises(ValueError, match="match"):
+        viz.overlay(rand_image(24, 32), rand_labels(12, 16))
+    with pytest.raises(ValueError, match="alpha"):
+        viz.overlay(rand_image(), rand_labels(), alpha=1.5)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        viz.overlay(np.zeros((24, 32, 5), np.uint8), rand_labels())
+
+
+def test_heatmap_ramp_follows_colormap():
+    ramp = np.tile(np.linspace(-2.0, 3.0, 64, dtype=np.float32), (4, 1))
+    cmap = matplotlib.colormaps["viridis"]
+    hm = viz.heatmap(ramp)
+    arr = np.asarray(hm)
+    assert hm.mode == "RGB" and arr.shape == (4, 64, 3)
+    assert arr[0, 0].tolist() == list(cmap(0.0, bytes=True)[:3])
+    assert arr[0, -1].tolist() == list(cmap(1.0, bytes=True)[:3])
+    expected = cmap(np.linspace(0, 1, 64), bytes=True)[:, :3]
+    assert np.abs(arr[0].astype(int) - expected.astype(int)).max() <= 1
+    # explicit range clips; grey colormap is monotone in brightness
+    grey = np.asarray(viz.heatmap(ramp, cmap="gray", vmin=0.0, vmax=1.0))[0, :, 0].astype(int)
+    assert (np.diff(grey) >= 0).all() and grey[0] == 0 and grey[-1] == 255
+    assert np.asarray(viz.heatmap(np.ones((3, 3)))).shape == (3, 3, 3)  # constant map: no div by zero
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        viz.heatmap(np.zeros((2, 3, 3)))
+
+
+# ------------------------------------------------------------------------------------ score-map figures
+
+def test_scoremap_figure_panels_titles_and_colorbars():
+    scores = RNG.normal(size=(5, 8, 10)).astype(np.float32)
+    fig = viz.scoremap_figure(rand_image(), scores, NAMES, ncols=3, title="demo")
+    axes = image_axes(fig)
+    assert len(axes) == 6
+    assert [ax.get_title() for ax in axes] == ["image", *NAMES]
+    assert len(fig.axes) == 6  # unused grid cells removed
+    assert [len(ax.child_axes) for ax in axes] == [0, 1, 1, 1, 1, 1]  # a colour bar (inset) per map
+    assert fig.get_suptitle() == "demo"
+    fig = viz.scoremap_figure(None, scores, NAMES, colorbar=False)
+    assert len(fig.axes) == 5 and [ax.get_title() for ax in image_axes(fig)] == NAMES
+    assert not any(ax.child_axes for ax in fig.axes)
+
+
+def test_scoremap_figure_sort_by_and_max_maps():
+    scores = torch.randn(5, 8, 10)
+    cov = np.array([0.1, 0.4, 0.0, 0.3, 0.2])
+    fig = viz.scoremap_figure(rand_image(), scores, NAMES, sort_by=cov, max_maps=3)
+    assert [ax.get_title() for ax in image_axes(fig)] == ["image", "sky", "road", "person"]
+    fig = viz.scoremap_figure(None, scores, NAMES, sort_by=torch.tensor(cov), max_maps=2)
+    assert [ax.get_title() for ax in image_axes(fig)] == ["sky", "road"]
+    peaks = scores.reshape(5, -1).amax(1).numpy()
+    fig = viz.scoremap_figure(None, scores, NAMES, sort_by="max")
+    assert [ax.get_title() for ax in image_axes(fig)] == [NAMES[i] for i in np.argsort(-peaks)]
+    # the panel shows the class's own map
+    assert np.allclose(image_axes(fig)[0].images[0].get_array(), scores[int(np.argmax(peaks))].numpy())
+
+
+def test_scoremap_figure_bad_inputs():
+    with pytest.raises(ValueError, match=r"\(K, H, W\)"):
+        viz.scoremap_figure(None, np.zeros((8, 10)), NAMES)
+    with pytest.raises(ValueError, match="len\\(class_names\\)"):
+        viz.scoremap_figure(None, np.zeros((4, 8, 10)), NAMES)
+    with pytest.raises(ValueError, match=r"shape \(K,\)"):
+        viz.scoremap_figure(None, np.zeros((5, 8, 10)), NAMES, sort_by=[1.0, 2.0])
+    with pytest.raises(ValueError, match="sort_by"):
+        viz.scoremap_figure(None, np.zeros((5, 8, 10)), NAMES, sort_by="median")
+
+
+def test_scoremap_gallery_items_and_captions():
+    scores = torch.randn(5, 8, 10)
+    gal = viz.scoremap_gallery(scores, NAMES)
+    assert len(gal) == 5
+    for (im, cap), name, s in zip(gal, NAMES, scores):
+        assert isinstance(im, Image.Image) and im.mode == "RGB"
+        assert cap == f"{name} ({float(s.min()):.3g}–{float(s.max()):.3g})"
+    gal = viz.scoremap_gallery(scores, NAMES, rand_image(48, 64), order=[3, 0, 4], max_maps=2, alpha=0.3)
+    assert [c.split(" (")[0] for _, c in gal] == ["road", "wall"]
+    assert gal[0][0].size[1] == 300  # 3 inches at 100 dpi
+    with pytest.raises(ValueError, match="out of range"):
+        viz.scoremap_gallery(scores, NAMES, order=[7])
+    with pytest.raises(ValueError, match="len\\(class_names\\)"):
+        viz.scoremap_gallery(scores, NAMES[:2])
+
+
+# ------------------------------------------------------------------------------------ coverage / segmentation
+
+def test_coverage_fractions():
+    lab = np.array([[0, 0, 1, 1], [0, 2, 2, 255]])
+    cov = viz.coverage(lab, 4)
+    assert cov.shape == (4,) and cov.sum() == pytest.approx(1.0)
+    assert cov.tolist() == pytest.approx([3 / 7, 2 / 7, 2 / 7, 0.0])
+    assert viz.coverage(rand_labels(), 5).sum() == pytest.approx(1.0)
+    assert viz.coverage(np.full((2, 2), 255), 3).tolist() == [0.0, 0.0, 0.0]
+    assert viz.coverage(torch.from_numpy(lab), 4).tolist() == pytest.approx(cov.tolist())
+    with pytest.raises(ValueError, match="num_classes"):
+        viz.coverage(lab, 2)
+
+
+def test_coverage_figure_bars_in_descending_order():
+    frac = np.array([0.1, 0.5, 0.0, 0.25, 0.15])
+    fig = viz.coverage_figure(frac, NAMES, viz.make_palette(5), top=3)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["sky", "road", "person"]
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == pytest.approx([50.0, 25.0, 15.0])
+    assert len(viz.coverage_figure(frac, NAMES).axes[0].patches) == 4  # zero classes skipped
+    with pytest.raises(ValueError, match=r"\(K,\)"):
+        viz.coverage_figure(frac[:3], NAMES)
+
+
+def test_segmentation_figure_legend_lists_present_classes():
+    lab = np.zeros((24, 32), dtype=np.int64)
+    lab[:, 20:] = 3
+    lab[:4, :4] = 1
+    lab[-2:, :] = 255
+    fig = viz.segmentation_figure(rand_image(), torch.from_numpy(lab), NAMES)
+    ax = image_axes(fig)[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["wall", "road", "sky"]
+    assert viz.segmentation_figure(rand_image(), lab, NAMES, legend=False).axes[0].get_legend() is None
+    with pytest.raises(ValueError, match="class names"):
+        viz.segmentation_figure(rand_image(), np.full((24, 32), 7), NAMES, palette=viz.make_palette(10))
+
+
+# ------------------------------------------------------------------------------------ output
+
+@pytest.mark.parametrize(("figsize", "dpi"), [((4, 3), 100), ((2.5, 2), 80)])
+def test_figure_to_image_size(figsize, dpi):
+    fig = Figure(figsize=figsize, dpi=72)  # no Agg canvas attached yet
+    canvas = fig.canvas
+    fig.add_subplot().plot([0, 1], [1, 0])
+    im = viz.figure_to_image(fig, dpi=dpi)
+    assert im.mode == "RGB" and im.size == (round(figsize[0] * dpi), round(figsize[1] * dpi))
+    assert fig.dpi == 72 and fig.canvas is canvas  # figure left as it was
+    assert np.asarray(im)[0, 0].tolist() == [255, 255, 255]  # white background corner
+
+
+def test_rendering_from_threads_matches_sequential():
+    # Gradio serves requests from worker threads: renders must not share state
+    scores = torch.randn(2, 8, 10)
+
+    def render(i):
+        fig = viz.scoremap_figure(rand_image(seed=i), scores, NAMES[:2], sort_by="max")
+        return np.asarray(viz.figure_to_image(fig, dpi=50))
+
+    sequential = [render(i) for i in range(3)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(render, range(3)))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, threaded))
+
+
+def test_save_figure_creates_directories(tmp_path: Path):
+    fig = viz.scoremap_figure(rand_image(), torch.randn(2, 4, 4), NAMES[:2])
+    path = tmp_path / "a" / "b" / "scores.png"
+    viz.save_figure(fig, path, dpi=50)
+    assert Image.open(path).size[0] > 0
+
+
+def test_torch_inputs_accepted():
+    img = torch.rand(3, 24, 32)  # CHW float in [0, 1], the torch layout
+    lab = torch.from_numpy(rand_labels())
+    ov = viz.overlay(img, lab, alpha=0.0)
+    assert np.abs(np.asarray(ov).astype(int) - np.rint(img.permute(1, 2, 0).numpy() * 255)).max() == 0
+    assert viz.colorize(lab).size == (32, 24)
+    assert viz.heatmap(torch.randn(8, 8, dtype=torch.bfloat16)).size == (8, 8)
+    assert len(image_axes(viz.scoremap_figure(img, torch.randn(1, 5, 8, 10), NAMES))) == 6  # batch of 1 ok
+    assert len(viz.scoremap_gallery(torch.randn(5, 8, 10, requires_grad=True), NAMES, img)) == 5
+
+
+def test_no_pyplot_import():
+    # fresh interpreter so other tests' imports don't interfere; load the file directly (fast, no torch)
+    code = (
+        "import importlib.util, sys, numpy as np\n"
+        f"spec = importlib.util.spec_from_file_location('viz', {viz.__file__!r})\n"
+        "v = importlib.util.module_from_spec(spec); spec.loader.exec_module(v)\n"
+        "v.figure_to_image(v.scoremap_figure(np.zeros((4, 4, 3), np.uint8), np.zeros((1, 4, 4)), ['a']))\n"
+        "v.scoremap_gallery(np.zeros((1, 4, 4)), ['a'])\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
