@@ -7,7 +7,6 @@ Parameter names stay open_clip's (`conv1`, `class_embedding`, `positional_embedd
 from __future__ import annotations
 
 import torch
-from timm.layers import drop_path
 from torch import nn
 
 from .base import EncoderOutput, grid_of, resize_pos_embed
@@ -108,6 +107,8 @@ class CLIPViTEncoder(nn.Module):
                 return blk(x)
             return blk(x.transpose(0, 1)).transpose(0, 1)
         # Same computation as open_clip's ResidualAttentionBlock, with drop_path on both branches.
+        from timm.layers import drop_path  # lazy: timm costs ~2 s to import
+
         q = blk.ln_1(x)
         attn = blk.attn(q, q, q, need_weights=False)[0] if self.batch_first else \
             blk.attn(q.transpose(0, 1), q.transpose(0, 1), q.transpose(0, 1), need_weights=False)[0].transpose(0, 1)
