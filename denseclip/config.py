@@ -69,7 +69,7 @@ class DenseCLIPConfig:
     # --- score maps, dense head, losses ---
     score_concat_index: int = 3  # stage that receives the score maps (3 for ResNets, 2 for ViT)
     neck_channels: int = 256
-    head_channels: int = 128
+    head_channels: int = 256  # the authors' denseclip_r50.py / fpn_clip configs: channels=256
     head_dropout: float = 0.1
     tau: float = 0.07  # temperature of the auxiliary pixel-text loss
     aux_loss_weight: float = 0.4

@@ -78,10 +78,11 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
     if "backbone.layer1.0.conv1.weight" in state:  # CLIP ResNet
         layers = [_count(state, rf"backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
         width = state["backbone.conv1.weight"].shape[0] * 2
-        pos = state["backbone.attnpool.positional_embedding"]
-        res = int(round((pos.shape[0] - 1) ** 0.5)) * 32
+        pos = state.get("backbone.attnpool.positional_embedding")  # absent in their CLIPResNet baselines
+        res = int(round((pos.shape[0] - 1) ** 0.5)) * 32 if pos is not None else \
+            (base.input_resolution if base is not None else 512)
         vision_cfg = {"image_size": res, "layers": layers, "width": width, "head_width": 64}
-        embed_dim = embed_dim or state["backbone.attnpool.c_proj.weight"].shape[0]
+        embed_dim = embed_dim or (state["backbone.attnpool.c_proj.weight"].shape[0] if pos is not None else 1024)
         stage_ch = [width * 4 * 2 ** i for i in range(4)]
         name = {(3, 4, 6, 3): "RN50", (3, 4, 23, 3): "RN101"}.get(tuple(layers), "RN-custom")
         test, vit = ADE_SLIDE_512, False
@@ -93,7 +94,7 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
         mlp = state["backbone.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width
         vision_cfg = {"image_size": res, "patch_size": patch, "width": width, "layers": n_layers,
                       "head_width": 64, "mlp_ratio": mlp}
-        embed_dim = embed_dim or state["backbone.proj"].shape[1]
+        embed_dim = embed_dim or (state["backbone.proj"].shape[1] if "backbone.proj" in state else 512)
         stage_ch = [width] * 4
         name = f"ViT-{'B' if width == 768 else 'custom'}-{patch}"
         test, vit = ADE_SLIDE_640 if res >= 640 else ADE_SLIDE_512, True

@@ -237,6 +237,8 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
         from .official import config_from_official, read_official_checkpoint
 
         state, meta = read_official_checkpoint(path)
+        if class_names is not None:  # before inferring the config: a checkpoint may carry no names
+            meta = {**meta, "CLASSES": tuple(class_names)}
         cfg = config_from_official(state, meta, base=_as_config(preset) if preset is not None else None)
     if class_names is not None:
         cfg = cfg.replace(class_names=tuple(class_names))
@@ -260,13 +262,17 @@ def _clip_for(cfg: DenseCLIPConfig) -> nn.Module | None:
 
 # Tensors of the authors' checkpoints that our model has no use for (mmseg's unused identity-head classifier).
 IGNORED_PREFIXES = ("identity_head.", "auxiliary_head.")
+# Embedding-path tensors a CLIP+FPN baseline checkpoint may lack (their baselines build no attnpool / proj).
+UNUSED_WITHOUT_TEXT = ("backbone.attnpool.", "backbone.ln_post.", "backbone.proj")
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    optional = () if getattr(model.cfg, "use_text", True) else UNUSED_WITHOUT_TEXT
+    missing = sorted(k for k in set(own) - set(state)
+                     if not k.endswith("num_batches_tracked") and not k.startswith(optional))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in state if k in own and state[k].shape != own[k].shape]
     if unexpected or missing or wrong:

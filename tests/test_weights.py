@@ -174,8 +174,9 @@ def test_yaml_round_trip_and_preset_overrides(tmp_path):
 def test_presets_are_the_papers_settings():
     rn = denseclip.get_preset("denseclip-rn50-ade20k")
     assert (rn.clip_model, rn.input_resolution, rn.score_concat_index, rn.num_contexts, rn.class_token_budget,
-            rn.decoder_width, rn.decoder_heads, rn.decoder_layers, rn.head_channels, rn.tau, rn.aux_loss_weight,
-            rn.gamma_init, rn.num_classes) == ("RN50", 512, 3, 8, 5, 256, 4, 3, 128, 0.07, 0.4, 1e-4, 150)
+            rn.decoder_width, rn.decoder_heads, rn.decoder_layers, rn.tau, rn.aux_loss_weight,
+            rn.gamma_init, rn.num_classes) == ("RN50", 512, 3, 8, 5, 256, 4, 3, 0.07, 0.4, 1e-4, 150)
+    assert rn.head_channels == 256 and rn.neck_channels == 256
     assert (rn.test.mode, rn.test.crop, rn.test.stride) == ("slide", 512, 341)
     vit = denseclip.get_preset("denseclip-vitb16-ade20k")
     assert (vit.clip_model, vit.input_resolution, vit.score_concat_index, vit.test.crop, vit.test.stride,
