@@ -15,6 +15,21 @@ from .weights import WeightsUnavailableError, create_clip, load_checkpoint, save
 
 __version__ = "0.1.0"
 
+# Imported on first use: zero-shot pulls in open_clip's tokenizer, detection pulls in torchvision (~4 s).
+_LAZY = {
+    "ZeroShotSegmenter": "zeroshot", "ZeroShotResult": "zeroshot",
+    "detect": "detection", "build_detector": "detection", "load_detector": "detection",
+    "DetectionConfig": "detection", "DetectionResult": "detection", "DenseCLIPDetector": "detection",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'denseclip' has no attribute {name!r}")
+
 __all__ = [
     "DenseCLIPConfig", "TestConfig", "get_preset", "list_presets",
     "CLIPResNetEncoder", "CLIPViTEncoder", "EncoderOutput", "TimmEncoder",
@@ -22,4 +37,5 @@ __all__ = [
     "ContextDecoder", "ContextTextEncoder", "PreModelPrompter", "tokenize_class_names",
     "DenseCLIP", "build_model", "score_maps",
     "WeightsUnavailableError", "create_clip", "load_checkpoint", "save_checkpoint",
+    *_LAZY,
 ]

@@ -216,3 +216,90 @@ class PreModelPrompter(nn.Module):
     def forward(self, visual: torch.Tensor) -> torch.Tensor:
         q = self.queries.to(visual.dtype).unsqueeze(0).expand(visual.shape[0], -1, -1)
         return self.decoder(q, visual)
+
+
+class LanguageGuidance(nn.Module):
+    """The text side of DenseCLIP, shared by the segmentor and the detection backbone.
+
+    Subclasses call `init_language_guidance(clip_model, embed_dim, cfg)` in `__init__`. It adds, with the
+    authors' top-level names: `text_encoder`, `contexts` (1, M, width), `gamma` (D,), `context_decoder`
+    (or None), `pre_prompter` (or None) and the non-persistent `texts` buffer (K, budget). `cfg` is any
+    config with the prompting fields of DenseCLIPConfig (class_names, num_contexts, class_token_budget,
+    context_init, decoder_*, gamma_init, freeze_text_encoder, context_decoder, pre_model_prompting).
+    """
+
+    def init_language_guidance(self, clip_model: nn.Module, embed_dim: int, cfg) -> None:
+        from .vocab import clean_class_names
+
+        clean_class_names(cfg.class_names)  # clear errors for empty lists, blank or duplicate names
+        self.text_encoder = ContextTextEncoder(clip_model, cfg.num_contexts, cfg.class_token_budget)
+        if self.text_encoder.embed_dim != embed_dim:
+            raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {self.text_encoder.embed_dim}")
+        width = self.text_encoder.width
+        self.contexts = nn.Parameter(torch.empty(1, cfg.num_contexts, width))
+        if cfg.context_init:
+            init = phrase_embeddings(self.text_encoder.token_embedding, cfg.context_init)
+            if init.shape[0] != cfg.num_contexts:
+                raise ValueError(f"context_init {cfg.context_init!r} has {init.shape[0]} tokens but "
+                                 f"num_contexts is {cfg.num_contexts}")
+            self.contexts.data.copy_(init[None])
+        else:
+            nn.init.trunc_normal_(self.contexts)  # the authors: trunc_normal_ with its defaults (std 1)
+        self.gamma = nn.Parameter(torch.full((embed_dim,), cfg.gamma_init))
+        decoder_args = (cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers)
+        self.context_decoder = ContextDecoder(*decoder_args, embed_dim, cfg.decoder_dropout) \
+            if getattr(cfg, "context_decoder", True) else None
+        self.pre_prompter = PreModelPrompter(cfg.num_contexts, embed_dim, width, *decoder_args, cfg.decoder_dropout) \
+            if getattr(cfg, "pre_model_prompting", False) else None
+        if cfg.freeze_text_encoder:
+            self.text_encoder.requires_grad_(False)
+        self.register_buffer("texts", tokenize_class_names(cfg.class_names, cfg.class_token_budget), persistent=False)
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _text_cache_key(self) -> tuple:
+        # Parameter._version grows with every in-place update (optimizer step, load_state_dict, copy_),
+        # so a changed text encoder or contexts invalidates the cache without hooks.
+        versions = sum(p._version for p in self.text_encoder.parameters())
+        c = self.contexts
+        return (self.texts.data_ptr(), self.texts._version, c._version, c.data_ptr(), versions, c.device, c.dtype,
+                torch.is_autocast_enabled(c.device.type))
+
+    def text_embeddings(self) -> torch.Tensor:
+        """t = text_encoder(class tokens, contexts): (K, D). Cached in eval mode without grad."""
+        if self.training or torch.is_grad_enabled():
+            return self.text_encoder(self.texts, self.contexts)[0]
+        key = self._text_cache_key()
+        if self._text_cache is None or self._text_cache[0] != key:
+            self._text_cache = (key, self.text_encoder(self.texts, self.contexts)[0])
+        return self._text_cache[1]
+
+    def clear_text_cache(self) -> None:
+        self._text_cache = None
+
+    def guided_text_embeddings(self, global_embedding: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """t' = t + gamma * context_decoder(t, [z_g; z]): (B, K, D) from global (B, D) and dense (B, D, h, w).
+
+        With pre-model prompting the contexts themselves come from the image (text encoder per image)."""
+        b, d, h, w = dense.shape
+        visual_context = torch.cat([global_embedding.reshape(b, d, 1), dense.reshape(b, d, h * w)],
+                                   dim=2).permute(0, 2, 1)  # (B, 1 + h*w, D)
+        if self.pre_prompter is not None:
+            contexts = self.contexts + self.pre_prompter(visual_context).to(self.contexts.dtype)
+            text = self.text_encoder(self.texts, contexts)  # (B, K, D)
+        else:
+            text = self.text_embeddings().unsqueeze(0).expand(b, -1, -1)
+        text = text.to(dense.dtype)
+        if self.context_decoder is not None:
+            text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
+        return text
+
+    def set_texts(self, class_names) -> None:
+        """Re-tokenize the class names (same count: heads have one output per class); clears the cache."""
+        from .vocab import clean_class_names
+
+        class_names = tuple(class_names)
+        clean_class_names(class_names)
+        if len(class_names) != self.texts.shape[0]:
+            raise ValueError(f"the model has {self.texts.shape[0]} classes; got {len(class_names)} names")
+        self.texts = tokenize_class_names(class_names, self.texts.shape[1]).to(self.texts.device)
+        self._text_cache = None

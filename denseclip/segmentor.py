@@ -20,13 +20,8 @@ from torch import nn
 from .config import DenseCLIPConfig
 from .decoders import FPN, FPNHead
 from .encoders import CLIPViTEncoder, TimmEncoder, encoder_from_clip
-from .prompting import (
-    ContextDecoder,
-    ContextTextEncoder,
-    PreModelPrompter,
-    phrase_embeddings,
-    tokenize_class_names,
-)
+from .optim import param_groups
+from .prompting import LanguageGuidance
 from .vocab import clean_class_names
 
 
@@ -56,7 +51,7 @@ def score_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,bkc->bkhw", dense, text)
 
 
-class DenseCLIP(nn.Module):
+class DenseCLIP(LanguageGuidance):
     """DenseCLIP (or the CLIP+FPN baseline when `cfg.use_text` is False).
 
     Submodule and parameter names match the authors' checkpoints: `backbone`, `text_encoder`,
@@ -68,7 +63,6 @@ class DenseCLIP(nn.Module):
         super().__init__()
         self.cfg = cfg
         k = cfg.num_classes
-        clean_class_names(cfg.class_names)  # clear errors for empty lists, blank or duplicate names
         # --- visual encoder ---
         if cfg.backbone == "clip":
             if clip_model is None:
@@ -87,36 +81,15 @@ class DenseCLIP(nn.Module):
         if cfg.use_text:
             if clip_model is None:
                 raise ValueError("use_text=True needs the open_clip model for its text encoder")
-            self.text_encoder = ContextTextEncoder(clip_model, cfg.num_contexts, cfg.class_token_budget)
-            if self.text_encoder.embed_dim != embed_dim:
-                raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {self.text_encoder.embed_dim}")
-            width = self.text_encoder.width
-            self.contexts = nn.Parameter(torch.empty(1, cfg.num_contexts, width))
-            if cfg.context_init:
-                init = phrase_embeddings(self.text_encoder.token_embedding, cfg.context_init)
-                if init.shape[0] != cfg.num_contexts:
-                    raise ValueError(f"context_init {cfg.context_init!r} has {init.shape[0]} tokens but "
-                                     f"num_contexts is {cfg.num_contexts}")
-                self.contexts.data.copy_(init[None])
-            else:
-                nn.init.trunc_normal_(self.contexts)  # the authors: trunc_normal_ with its defaults (std 1)
-            self.gamma = nn.Parameter(torch.full((embed_dim,), cfg.gamma_init))
-            self.context_decoder = ContextDecoder(cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers,
-                                                  embed_dim, cfg.decoder_dropout) if cfg.context_decoder else None
-            self.pre_prompter = PreModelPrompter(cfg.num_contexts, embed_dim, width, cfg.decoder_width,
-                                                 cfg.decoder_heads, cfg.decoder_layers, cfg.decoder_dropout) \
-                if cfg.pre_model_prompting else None
-            if cfg.freeze_text_encoder:
-                self.text_encoder.requires_grad_(False)
+            self.init_language_guidance(clip_model, embed_dim, cfg)
             if not 0 <= cfg.score_concat_index < len(in_channels):
                 raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(in_channels)})")
             in_channels[cfg.score_concat_index] += k
-            self.register_buffer("texts", tokenize_class_names(cfg.class_names, cfg.class_token_budget),
-                                 persistent=False)
+        else:
+            clean_class_names(cfg.class_names)
         self.neck = FPN(in_channels, cfg.neck_channels)
         self.decode_head = FPNHead([cfg.neck_channels] * 4, cfg.head_channels, k, self.backbone.feature_strides,
                                    cfg.head_dropout)
-        self._text_cache: tuple[tuple, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ text side
     @property
@@ -130,29 +103,8 @@ class DenseCLIP(nn.Module):
         if len(class_names) != self.cfg.num_classes:
             raise ValueError(f"the model has {self.cfg.num_classes} classes; got {len(class_names)} names")
         if self.cfg.use_text:
-            self.texts = tokenize_class_names(class_names, self.cfg.class_token_budget).to(self.texts.device)
+            self.set_texts(class_names)
         self.cfg = self.cfg.replace(class_names=class_names)
-        self._text_cache = None
-
-    def _text_cache_key(self) -> tuple:
-        # Parameter._version grows with every in-place update (optimizer step, load_state_dict, copy_),
-        # so a changed text encoder or contexts invalidates the cache without hooks.
-        versions = sum(p._version for p in self.text_encoder.parameters())
-        return (self.texts.data_ptr(), self.texts._version, self.contexts._version, self.contexts.data_ptr(),
-                versions, self.contexts.device, self.contexts.dtype,
-                torch.is_autocast_enabled(self.contexts.device.type))
-
-    def text_embeddings(self) -> torch.Tensor:
-        """t = text_encoder(class tokens, contexts): (K, D). Cached in eval mode (no grad)."""
-        if self.training or torch.is_grad_enabled():
-            return self.text_encoder(self.texts, self.contexts)[0]
-        key = self._text_cache_key()
-        if self._text_cache is None or self._text_cache[0] != key:
-            self._text_cache = (key, self.text_encoder(self.texts, self.contexts)[0])
-        return self._text_cache[1]
-
-    def clear_text_cache(self) -> None:
-        self._text_cache = None
 
     # ------------------------------------------------------------------ forward
     def forward_dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -163,17 +115,7 @@ class DenseCLIP(nn.Module):
         feats = list(enc.features)
         out: dict[str, torch.Tensor] = {}
         if self.cfg.use_text:
-            b, d, h, w = enc.dense.shape
-            visual_context = torch.cat([enc.global_embedding.reshape(b, d, 1), enc.dense.reshape(b, d, h * w)],
-                                       dim=2).permute(0, 2, 1)  # (B, 1 + h*w, D)
-            if self.pre_prompter is not None:
-                contexts = self.contexts + self.pre_prompter(visual_context).to(self.contexts.dtype)
-                text = self.text_encoder(self.texts, contexts)  # (B, K, D): once per image
-            else:
-                text = self.text_embeddings().unsqueeze(0).expand(b, -1, -1)
-            text = text.to(enc.dense.dtype)
-            if self.context_decoder is not None:
-                text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
+            text = self.guided_text_embeddings(enc.global_embedding, enc.dense)
             s = score_maps(enc.dense, text)
             i = self.cfg.score_concat_index
             if s.shape[2:] != feats[i].shape[2:]:
@@ -222,21 +164,9 @@ class DenseCLIP(nn.Module):
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
                      text_encoder_lr_mult: float = 0.0, norm_decay: bool = False) -> list[dict]:
         """AdamW groups as the authors' recipe: backbone lr x0.1, text encoder lr x0 (frozen), no weight
-        decay on parameters whose names contain "norm" (their rule), the rest at lr."""
-        groups: dict[tuple[float, float], list] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            mult = backbone_lr_mult if name.startswith("backbone.") else \
-                text_encoder_lr_mult if name.startswith("text_encoder.") else 1.0
-            if mult == 0.0:
-                continue
-            # mmcv custom_keys: the first matching key wins, longest first ("text_encoder", "backbone",
-            # "norm"), so the no-decay rule never reaches backbone or text-encoder parameters.
-            keyed = name.startswith(("backbone.", "text_encoder."))
-            wd = 0.0 if (not keyed and "norm" in name and not norm_decay) else weight_decay
-            groups.setdefault((mult, wd), []).append(p)
-        return [{"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": wd} for (m, wd), ps in groups.items()]
+        decay on parameters whose names contain "norm" (outside those two, as mmcv), the rest at lr."""
+        return param_groups(self, lr, weight_decay, {"backbone.": backbone_lr_mult,
+                                                     "text_encoder.": text_encoder_lr_mult}, norm_decay)
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"

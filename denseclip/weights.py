@@ -178,19 +178,33 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
     return path
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], DenseCLIPConfig | None]:
+def read_stored_config(path: Path) -> dict | None:
+    """The config dict stored in a checkpoint's metadata, or in the config.json beside it (None if neither)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    cfg = DenseCLIPConfig.from_json(meta["denseclip_config"]) if "denseclip_config" in meta else None
-    if cfg is None and (path.parent / CONFIG_NAME).is_file():
-        cfg = DenseCLIPConfig.from_dict(json.loads((path.parent / CONFIG_NAME).read_text("utf-8")))
-    return load_file(str(path)), cfg
+        text = (f.metadata() or {}).get("denseclip_config")
+    if text is None and (path.parent / CONFIG_NAME).is_file():
+        text = (path.parent / CONFIG_NAME).read_text("utf-8")
+    return json.loads(text) if text else None
 
 
-def _download_from_hub(repo_id: str, revision: str | None = None) -> Path:
+def resolve_checkpoint(path_or_repo: str | Path) -> Path:
+    """A checkpoint file: the path itself, `model.safetensors` in a folder, or a Hub repo's (downloaded)."""
+    path = Path(path_or_repo)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CHECKPOINT_NAME} in folder {path.parent}")
+        return path
+    if path.exists():
+        return path
+    if path.suffix in (".pth", ".pt", ".safetensors", ".ckpt") or str(path_or_repo).count("/") != 1:
+        raise FileNotFoundError(f"checkpoint not found: {path_or_repo}")
+    return download_checkpoint(str(path_or_repo))
+
+
+def download_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo_id, CHECKPOINT_NAME, revision=revision)
@@ -210,29 +224,31 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
                     class_names=None, device: str | torch.device = "cpu"):
     """Load a DenseCLIP model in eval mode from:
 
-    - our `.safetensors` file or a folder with `model.safetensors` (+ `config.json`),
+    - our `.safetensors` file or a folder with `model.safetensors` (+ `config.json`) -- a detection
+      checkpoint (its config has a `detector` field) comes back as a DenseCLIPDetector,
     - a Hugging Face Hub repo id holding those files ("user/denseclip-rn50-ade20k"),
     - the authors' released mmcv checkpoints (`.pth`, loaded with weights_only=True; the architecture
       is read off the tensors, class names from meta["CLASSES"]).
     `preset` gives the config when a file carries none; `class_names` overrides the stored names.
     """
+    from safetensors.torch import load_file
+
     from .segmentor import DenseCLIP
 
-    path = Path(path_or_repo)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CHECKPOINT_NAME} in folder {path.parent}")
-    elif not path.exists():
-        if path.suffix in (".pth", ".pt", ".safetensors", ".ckpt") or str(path_or_repo).count("/") != 1:
-            raise FileNotFoundError(f"checkpoint not found: {path_or_repo}")
-        path = _download_from_hub(str(path_or_repo))
+    path = resolve_checkpoint(path_or_repo)
     if path.suffix == ".safetensors":
-        state, cfg = _read_safetensors(path)
-        if preset is not None:
-            cfg = _as_config(preset)
+        stored = read_stored_config(path)
+        if isinstance(stored, dict) and "detector" in stored and preset is None:  # a detection checkpoint
+            from .detection import load_detector
+
+            if class_names is not None:
+                raise ValueError("class_names cannot be changed when loading a detector")
+            return load_detector(path, device=device)
+        cfg = _as_config(preset) if preset is not None else \
+            DenseCLIPConfig.from_dict(stored) if stored is not None else None
         if cfg is None:
             raise ValueError(f"{path} carries no DenseCLIP config; pass preset='denseclip-rn50-ade20k' (or a config)")
+        state = load_file(str(path))
     else:
         from .official import config_from_official, read_official_checkpoint
 
@@ -243,7 +259,7 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
     if class_names is not None:
         cfg = cfg.replace(class_names=tuple(class_names))
     model = DenseCLIP(cfg, _clip_for(cfg))
-    _load_state(model, state, str(path))
+    load_state_checked(model, state, str(path))
     return model.to(device).eval()
 
 
@@ -266,7 +282,7 @@ IGNORED_PREFIXES = ("identity_head.", "auxiliary_head.")
 UNUSED_WITHOUT_TEXT = ("backbone.attnpool.", "backbone.ln_post.", "backbone.proj")
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
     unexpected = sorted(set(state) - set(own))

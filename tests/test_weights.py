@@ -183,3 +183,21 @@ def test_presets_are_the_papers_settings():
             vit.vit_out_indices) == ("ViT-B-16", 640, 2, 640, 426, (3, 5, 7, 11))
     assert not denseclip.get_preset("fpn-clip-rn101-ade20k").use_text
     assert set(denseclip.list_presets()) >= {"denseclip-rn101-ade20k", "fpn-clip-vitb16-ade20k", "denseclip-tiny-rn"}
+
+
+def test_load_checkpoint_hands_detection_checkpoints_to_the_detector_loader(tmp_path):
+    from denseclip.detection import DenseCLIPDetector, build_detector, save_detector
+
+    det = build_detector("denseclip-retinanet-tiny", pretrained=False).eval()
+    save_detector(det, tmp_path / "det")
+    loaded = denseclip.load_checkpoint(tmp_path / "det")
+    assert isinstance(loaded, DenseCLIPDetector) and loaded.cfg == det.cfg
+    for k, v in det.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+
+
+def test_lazy_public_names():
+    assert denseclip.detect.__module__.startswith("denseclip.detection")
+    assert denseclip.ZeroShotSegmenter.__module__ == "denseclip.zeroshot"
+    with pytest.raises(AttributeError):
+        denseclip.no_such_name  # noqa: B018

@@ -23,12 +23,19 @@ class CLIPResNetEncoder(nn.Module):
     The attention pool runs on [mean token; every position] with every token as a query, so each
     position gets its own pooled embedding: `dense` (B, D, H/32, W/32). Token 0 is CLIP's global
     embedding: at the pretrained resolution it equals open_clip's `encode_image`.
+
+    pos_embed: how the (input_resolution/32)^2 positional grid meets an H x W feature map: "resize"
+    (bilinear, the authors' segmentation) or "crop" to the top-left H x W (the authors' detection tower,
+    so a position keeps its embedding whatever the aspect ratio; larger maps fall back to resizing).
     """
 
     feature_strides = (4, 8, 16, 32)
 
-    def __init__(self, tower: nn.Module, input_resolution: int | None = None):
+    def __init__(self, tower: nn.Module, input_resolution: int | None = None, pos_embed: str = "resize"):
         super().__init__()
+        if pos_embed not in ("resize", "crop"):
+            raise ValueError(f"pos_embed must be 'resize' or 'crop', got {pos_embed!r}")
+        self.pos_embed = pos_embed
         for name in _STEM + _STAGES + ("attnpool",):
             self.add_module(name, getattr(tower, name))
         self.feature_channels = tuple(getattr(self, s)[-1].conv3.out_channels for s in _STAGES)
@@ -70,7 +77,12 @@ class CLIPResNetEncoder(nn.Module):
         b, c, h, w = c5.shape
         tokens = c5.flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-        pos = resize_pos_embed(self.attnpool.positional_embedding, self.pos_grid, (h, w))
+        pos = self.attnpool.positional_embedding
+        gh, gw = self.pos_grid
+        if self.pos_embed == "crop" and h <= gh and w <= gw:
+            pos = torch.cat([pos[:1], pos[1:].reshape(gh, gw, -1)[:h, :w].reshape(h * w, -1)])
+        else:
+            pos = resize_pos_embed(pos, self.pos_grid, (h, w))
         return tokens + pos.to(tokens.dtype)
 
     def attention_pool(self, c5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

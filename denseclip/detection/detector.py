@@ -1,0 +1,260 @@
+"""DenseCLIP detectors: torchvision RetinaNet / Mask R-CNN on a DenseCLIP backbone, plus the auxiliary loss.
+
+    model = build_detector("denseclip-retinanet-rn50-coco")      # preset name or DetectionConfig
+    losses = model(images, targets)          # train: torchvision's losses, "loss_aux" (DenseCLIP only), "loss" (sum)
+    detections = model(images)               # eval: torchvision's list of {"boxes", "scores", "labels"(, "masks")}
+
+Labels follow torchvision: 1..K index `class_names` (label - 1), 0 is background. Images are float
+(3, H, W) in [0, 1]; torchvision's transform resizes them (min_size/max_size) and normalises them
+with CLIP's mean/std, and also resizes the targets.
+
+Training composes torchvision's own pieces (transform -> backbone -> head / rpn + roi_heads), as
+GeneralizedRCNN.forward and RetinaNet.forward do, because the score maps come out of the backbone and
+the auxiliary target needs the boxes in the transformed (resized, padded) image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from ..config import CLIP_MEAN, CLIP_STD
+from ..optim import param_groups
+from .backbone import DenseCLIPBackbone
+from .config import DetectionConfig, get_detection_preset
+
+AUX_STRIDE = 4  # the authors build the box target and upsample the score maps at stride 4 (C2)
+
+
+def aux_target(boxes: Sequence[torch.Tensor], classes: Sequence[torch.Tensor], num_classes: int,
+               size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' `build_seg_target`: per-class binary maps filled inside each box, at stride 4.
+
+    boxes: per image (N, 4) xyxy in the (padded) image of `size` (H, W); classes: per image (N,) in 0..K-1.
+    A box covers cells [floor(y1/4), floor(y2/4)) x [floor(x1/4), floor(x2/4)) (corners clamped to the grid).
+    Returns target (B, K, H/4, W/4) and mask (B, 1, H/4, W/4): 1 where any box covers the cell.
+    """
+    h, w = size[0] // AUX_STRIDE, size[1] // AUX_STRIDE
+    device = boxes[0].device if len(boxes) else torch.device("cpu")
+    target = torch.zeros(len(boxes), num_classes, h, w, device=device)
+    mask = torch.zeros(len(boxes), 1, h, w, device=device)
+    for i, (b, c) in enumerate(zip(boxes, classes)):
+        cells = torch.div(b.detach(), AUX_STRIDE, rounding_mode="floor").long()
+        cells[:, 0::2] = cells[:, 0::2].clamp(0, w - 1)
+        cells[:, 1::2] = cells[:, 1::2].clamp(0, h - 1)
+        for (x1, y1, x2, y2), k in zip(cells.tolist(), c.tolist()):
+            target[i, k, y1:y2, x1:x2] = 1
+            mask[i, :, y1:y2, x1:x2] = 1
+    return target, mask
+
+
+def aux_loss(score_map: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE of the score maps (already / tau) upsampled to the target grid, over the pixels inside any box,
+    averaged over those pixels and the K classes (the authors' `compute_seg_loss`; 0 when there are no boxes)."""
+    s = F.interpolate(score_map.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    weight = mask.expand_as(target)
+    loss = F.binary_cross_entropy_with_logits(s, target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp(min=1)
+
+
+class DenseCLIPDetector(nn.Module):
+    """A torchvision RetinaNet or MaskRCNN (`self.detector`) whose backbone is a `DenseCLIPBackbone`.
+
+    forward(images, targets): train -> dict of losses (torchvision's names, "loss_aux", "loss" = their sum); eval -> the
+    torchvision detections at each input image's size. Build with `build_detector(preset_or_config)`.
+    """
+
+    def __init__(self, cfg: DetectionConfig, clip_model: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        backbone = DenseCLIPBackbone(cfg, clip_model)
+        k = cfg.num_classes
+        common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(CLIP_MEAN),
+                      image_std=list(CLIP_STD))
+        ratios = ((0.5, 1.0, 2.0),) * 5
+        if cfg.detector == "retinanet":
+            # 3 scales per octave (mmdet octave_base_scale=4, scales_per_octave=3); K sigmoid classes, no background
+            sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in cfg.anchor_sizes)
+            self.detector = RetinaNet(backbone, num_classes=k, anchor_generator=AnchorGenerator(sizes, ratios),
+                                      score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                                      detections_per_img=cfg.detections_per_img, **common)
+        else:
+            c, names = cfg.fpn_channels, list(backbone.level_names[:4])  # RoIs pool from P2..P5
+            self.detector = MaskRCNN(
+                backbone, num_classes=None,
+                rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ratios),
+                rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0], rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
+                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0],
+                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n[1],
+                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+                box_roi_pool=MultiScaleRoIAlign(names, 7, 2), box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+                box_predictor=FastRCNNPredictor(cfg.box_head_dim, k + 1),
+                box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
+                box_detections_per_img=cfg.detections_per_img,
+                box_batch_size_per_image=cfg.box_batch_size_per_image,
+                mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+                mask_head=MaskRCNNHeads(c, (cfg.mask_head_channels,) * 4, 1),
+                mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, k + 1),
+                **common)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.cfg.class_names)
+
+    @property
+    def backbone(self) -> DenseCLIPBackbone:
+        return self.detector.backbone
+
+    @property
+    def is_retinanet(self) -> bool:
+        return isinstance(self.detector, RetinaNet)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        images = check_images(images)
+        if self.is_retinanet and targets is not None:  # RetinaNet has K logits: classes 0..K-1
+            targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+        if not self.training:
+            detections = self.detector(images)
+            if self.is_retinanet:
+                detections = [{**d, "labels": d["labels"] + 1} for d in detections]
+            return detections
+        if targets is None:
+            raise ValueError("training needs targets: a list of {'boxes': (N, 4) xyxy, 'labels': (N,) in 1..K"
+                             "(, 'masks': (N, H, W))} per image; call model.eval() for detections")
+        check_targets(targets, self.cfg.num_classes, self.is_retinanet, self.cfg.with_masks)
+        det = self.detector
+        image_list, targets = det.transform(images, targets)  # resized + padded images, resized targets
+        features, score_map = det.backbone.forward_with_score_map(image_list.tensors)
+        if self.is_retinanet:
+            feats = list(features.values())
+            anchors = det.anchor_generator(image_list, feats)
+            losses = det.compute_loss(targets, det.head(feats), anchors)
+        else:
+            proposals, losses = det.rpn(image_list, features, targets)
+            _, roi_losses = det.roi_heads(features, proposals, image_list.image_sizes, targets)
+            losses = {**losses, **roi_losses}
+        if score_map is not None and self.cfg.aux_loss_weight > 0:
+            shift = 0 if self.is_retinanet else 1
+            target, mask = aux_target([t["boxes"] for t in targets], [t["labels"] - shift for t in targets],
+                                      self.cfg.num_classes, tuple(image_list.tensors.shape[-2:]))
+            losses["loss_aux"] = self.cfg.aux_loss_weight * aux_loss(score_map, target, mask)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    # ------------------------------------------------------------------ parameter groups
+    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
+                     text_encoder_lr_mult: float = 0.0, norm_decay: bool = False) -> list[dict]:
+        """AdamW groups as the authors' recipe: the CLIP image tower (`backbone.body`) at lr x0.1, the text
+        encoder at lr x0 (frozen: left out), no weight decay on parameters whose names contain "norm"
+        outside those two (mmcv custom_keys: the longest matching key wins), the rest at lr."""
+        bb = "detector.backbone."
+        return param_groups(self, lr, weight_decay, {bb + "body.": backbone_lr_mult,
+                                                     bb + "text_encoder.": text_encoder_lr_mult}, norm_decay)
+
+    def extra_repr(self) -> str:
+        return f"name={self.cfg.name!r}, detector={self.cfg.detector}, classes={self.cfg.num_classes}, " \
+               f"use_text={self.cfg.use_text}"
+
+
+def check_images(images) -> list[torch.Tensor]:
+    """A list of (3, H, W) float images in [0, 1] (a (B, 3, H, W) tensor is split into one)."""
+    if torch.is_tensor(images) and images.ndim == 4:
+        images = list(images)
+    if torch.is_tensor(images) or not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of (3, H, W) float tensors in [0, 1] "
+                         "(use denseclip.detection.detect() for PIL images, files or numpy arrays)")
+    for i, im in enumerate(images):
+        if not torch.is_tensor(im) or im.ndim != 3 or im.shape[0] != 3:
+            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
+            raise ValueError(f"image #{i} must be a (3, H, W) tensor, got {shape}")
+        if not im.is_floating_point():
+            raise ValueError(f"image #{i} has dtype {im.dtype}; give float values in [0, 1] (divide uint8 by 255)")
+    return list(images)
+
+
+def check_targets(targets, num_classes: int, shifted: bool, with_masks: bool) -> None:
+    lo, hi = (0, num_classes - 1) if shifted else (1, num_classes)
+    for i, t in enumerate(targets):
+        boxes, labels = t.get("boxes"), t.get("labels")
+        if not torch.is_tensor(boxes) or boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"target #{i}: 'boxes' must be a (N, 4) xyxy tensor")
+        if not torch.is_tensor(labels) or labels.shape != boxes.shape[:1]:
+            raise ValueError(f"target #{i}: 'labels' must be a (N,) tensor matching the {boxes.shape[0]} boxes")
+        if labels.numel() and (labels.min() < lo or labels.max() > hi):
+            raise ValueError(f"target #{i}: labels must be in 1..{num_classes} (0 is background); "
+                             f"got {sorted(set((labels + (1 if shifted else 0)).tolist()))[:10]}")
+        bad = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
+        if bad.any():
+            raise ValueError(f"target #{i}: box {boxes[bad][0].tolist()} has no width or height; "
+                             "drop degenerate boxes in the dataset")
+        if with_masks and "masks" not in t:
+            raise ValueError(f"target #{i}: Mask R-CNN needs 'masks' (N, H, W) in every target")
+
+
+def build_detector(preset_or_config: str | DetectionConfig = "denseclip-retinanet-rn50-coco",
+                   pretrained: bool | str | None = True, class_names: Sequence[str] | None = None,
+                   **overrides) -> DenseCLIPDetector:
+    """Build a DenseCLIP detector (train mode, CPU) from a preset name or a DetectionConfig.
+
+    pretrained=True loads the config's CLIP weights (`clip_pretrained`); False/None random weights; a string
+    is an open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
+    """
+    from ..weights import create_clip
+
+    cfg = get_detection_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if class_names is not None:
+        overrides["class_names"] = tuple(class_names)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
+    return DenseCLIPDetector(cfg, create_clip(cfg.clip_model, tag, cfg.clip_arch, cfg.quick_gelu)).train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: `denseclip.save_checkpoint` writes any model with a `cfg` (safetensors + the config as JSON
+# metadata, and config.json for folders); a detection config is told apart by its `detector` field.
+# ---------------------------------------------------------------------------------------------
+
+def save_detector(model: DenseCLIPDetector, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write `model` to `path` (.safetensors, or a folder -> model.safetensors + config.json), atomically."""
+    from ..weights import save_checkpoint
+
+    return save_checkpoint(model, path, {"task": "detection", **(metadata or {})})
+
+
+def read_detection_config(path: Path) -> DetectionConfig | None:
+    """The DetectionConfig stored with a checkpoint (None if it carries a segmentation config or none)."""
+    from ..weights import read_stored_config
+
+    d = read_stored_config(path)
+    return DetectionConfig.from_dict(d) if isinstance(d, dict) and "detector" in d else None
+
+
+def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None = None,
+                  device: str | torch.device = "cpu") -> DenseCLIPDetector:
+    """Load a detector (eval mode) from our .safetensors file, a folder holding model.safetensors (a training
+    checkpoint, `final/`), or a Hub repo id. `config` overrides the stored config (a preset name or config)."""
+    from safetensors.torch import load_file
+
+    from ..weights import create_clip, load_state_checked, resolve_checkpoint
+
+    path = resolve_checkpoint(path_or_repo)
+    if config is not None:
+        cfg = get_detection_preset(config) if isinstance(config, str) else config
+    else:
+        cfg = read_detection_config(path)
+    if cfg is None:
+        raise ValueError(f"{path} carries no detection config (a segmentation checkpoint? use "
+                         "denseclip.load_checkpoint); pass config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
+    model = DenseCLIPDetector(cfg, create_clip(cfg.clip_model, None, cfg.clip_arch, cfg.quick_gelu))
+    load_state_checked(model, load_file(str(path)), str(path))
+    return model.to(device).eval()

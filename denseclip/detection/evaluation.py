@@ -1,0 +1,138 @@
+"""COCO evaluation of a detector with pycocotools' COCOeval: box AP, and mask AP for Mask R-CNN.
+
+    metrics = evaluate_detector(model, loader, dataset, out_json="run/metrics.json")
+    metrics["bbox_AP"], metrics["segm_AP"]          # fractions in [0, 1] (the paper reports x100)
+
+Under torchrun every rank runs its share of the loader (a DistributedSampler); the results are gathered,
+de-duplicated by image id (the sampler pads with repeats) and scored on rank 0, which returns the metrics and
+writes the JSON; other ranks return {}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat_ids: Sequence[int],
+                       with_masks: bool, mask_threshold: float = 0.5) -> list[dict]:
+    """torchvision detections (boxes xyxy at the original image size, labels 1..K, masks (N, 1, H, W)) ->
+    COCO result dicts ({"image_id", "category_id", "bbox" xywh, "score"(, "segmentation" RLE)})."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for det, image_id in zip(detections, image_ids):
+        boxes = det["boxes"].detach().float().cpu()
+        if boxes.numel() == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        scores, labels = det["scores"].tolist(), det["labels"].tolist()
+        rles = None
+        if with_masks:
+            masks = (det["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+            rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        for j, (box, score, label) in enumerate(zip(xywh, scores, labels)):
+            r = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]),
+                 "bbox": [round(v, 3) for v in box], "score": float(score)}
+            if rles is not None:
+                r["segmentation"] = {"size": rles[j]["size"], "counts": rles[j]["counts"].decode("ascii")}
+            out.append(r)
+    return out
+
+
+def coco_eval(coco_gt, results: list[dict], iou_type: str, image_ids: Iterable[int]) -> tuple[dict, str]:
+    """COCOeval over `image_ids` -> ({"AP", "AP50", ..., "APl"} in [0, 1], the printed summary table)."""
+    from pycocotools.cocoeval import COCOeval
+
+    image_ids = sorted(set(int(i) for i in image_ids))
+    if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
+        return dict.fromkeys(METRIC_NAMES, 0.0), f"{iou_type}: no detections, every AP is 0"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.imgIds = image_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {name: max(float(v), 0.0) for name, v in zip(METRIC_NAMES, ev.stats[:6])}  # -1 (no gt) -> 0
+    table = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    return stats, table
+
+
+@torch.no_grad()
+def predict_dataset(model: torch.nn.Module, loader: Iterable, cat_ids: Sequence[int], with_masks: bool,
+                    device: str | torch.device = "cpu", progress: bool = False) -> tuple[list[dict], list[int]]:
+    """Run the detector over a loader of (images, targets with image_id) -> (COCO results, image ids)."""
+    was_training = model.training
+    model.eval()
+    results, seen = [], []
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="eval", dynamic_ncols=True)
+    try:
+        for images, targets in loader:
+            ids = [int(t["image_id"]) for t in targets]
+            dets = model([im.to(device, non_blocking=True) for im in images])
+            results += detections_to_coco(dets, ids, cat_ids, with_masks)
+            seen += ids
+    finally:
+        model.train(was_training)
+    return results, seen
+
+
+def _gather(results: list[dict], seen: list[int]) -> tuple[list[dict], list[int]]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return results, seen
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (results, seen))
+    merged, ids, owner = [], [], {}
+    for rank, (res, ids_r) in enumerate(parts):  # the first rank to see an image owns its results
+        for i in ids_r:
+            owner.setdefault(i, rank)
+        ids += ids_r
+        merged += [r for r in res if owner[r["image_id"]] == rank]
+    return merged, ids
+
+
+def evaluate_detector(model: torch.nn.Module, loader: Iterable, dataset, device: str | torch.device = "cpu",
+                      out_json: str | Path | None = None, progress: bool = False, extra: dict | None = None) -> dict:
+    """COCOeval box AP (and mask AP when the dataset has masks) of `model` over `loader`.
+
+    dataset: the CocoDetection the loader reads (its `coco`, `cat_ids`, `with_masks`). Returns
+    {"bbox_AP", "bbox_AP50", ..., "segm_AP", ..., "num_images", "num_detections"} on rank 0 and writes it
+    (plus `extra`) to `out_json`; the COCO-format detections go next to it as `<stem>_detections.json`.
+    """
+    with_masks = bool(getattr(dataset, "with_masks", False))
+    results, seen = predict_dataset(model, loader, dataset.cat_ids, with_masks, device, progress)
+    results, seen = _gather(results, seen)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return {}
+    metrics: dict = {}
+    summaries = []
+    for iou_type in ("bbox", "segm") if with_masks else ("bbox",):
+        stats, summary = coco_eval(dataset.coco, results, iou_type, seen)
+        metrics.update({f"{iou_type}_{k}": v for k, v in stats.items()})
+        summaries.append(f"{iou_type}\n{summary}")
+    metrics["num_images"] = len(set(seen))
+    metrics["num_detections"] = len(results)
+    metrics["summary"] = "\n".join(summaries)
+    if out_json is not None:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_json.with_name(out_json.name + ".tmp")
+        tmp.write_text(json.dumps({**(extra or {}), **metrics}, indent=2), "utf-8")
+        os.replace(tmp, out_json)
+        out_json.with_name(out_json.stem + "_detections.json").write_text(json.dumps(results), "utf-8")
+    return metrics

@@ -1,0 +1,153 @@
+"""COCO-format detection data, COCOeval end to end, and `detect()` in the input image's coordinates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from denseclip.detection import (
+    TINY_DET_CLASSES,
+    CocoDetection,
+    build_detector,
+    coco_eval,
+    collate_detection,
+    detect,
+    detections_to_coco,
+    evaluate_detector,
+    hflip,
+    write_synthetic_coco,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_synthetic_coco(tmp_path_factory.mktemp("coco"), "val", num_images=6, seed=1)
+
+
+def _mask_box(mask: torch.Tensor) -> list[float]:
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_synthetic_coco_and_dataset(synth):
+    image_dir, ann_file = synth
+    data = json.loads(ann_file.read_text())
+    assert [c["id"] for c in data["categories"]] == [3, 7, 11]  # not 1..K, as in COCO
+    kinds = {type(a["segmentation"]).__name__ for a in data["annotations"]}
+    assert kinds == {"list", "dict"}  # polygons and RLE
+    ds = CocoDetection(image_dir, ann_file, with_masks=True)
+    assert len(ds) == 6 and ds.class_names == TINY_DET_CLASSES and ds.cat_ids == (3, 7, 11)
+    n_boxes = 0
+    for i in range(len(ds)):
+        image, t = ds[i]
+        assert image.shape == (3, 96, 128) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+        assert t["labels"].dtype == torch.int64 and set(t["labels"].tolist()) <= {1, 2, 3}
+        assert t["masks"].shape == (len(t["boxes"]), 96, 128)
+        for box, mask in zip(t["boxes"], t["masks"]):  # the box is the extent of its mask
+            assert box.tolist() == pytest.approx(_mask_box(mask), abs=1.01)
+        n_boxes += len(t["boxes"])
+    assert n_boxes == len(data["annotations"])
+    # the colour tells the class: the mean colour inside each mask is the category's colour
+    image, t = ds[0]
+    for label, mask in zip(t["labels"], t["masks"]):
+        rgb = image[:, mask.bool()].mean(dim=1)
+        assert rgb.argmax().item() == {1: 0, 2: 1, 3: 2}[label.item()]
+
+
+def test_flip_moves_boxes_with_masks(synth):
+    ds = CocoDetection(*synth, with_masks=True)
+    image, t = ds[1]
+    fimage, ft = hflip(image, t)
+    torch.testing.assert_close(fimage, image.flip(-1))
+    for box, mask in zip(ft["boxes"], ft["masks"]):
+        assert box.tolist() == pytest.approx(_mask_box(mask), abs=1.01)
+    train = CocoDetection(*synth, train=True, with_masks=True, hflip_prob=1.0)
+    torch.testing.assert_close(train[1][1]["boxes"], ft["boxes"])
+
+
+def test_dataset_errors(synth, tmp_path):
+    image_dir, ann_file = synth
+    with pytest.raises(ValueError, match="class names differ"):
+        CocoDetection(image_dir, ann_file, class_names=("a", "b", "c"))
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        CocoDetection(image_dir, tmp_path / "missing.json")
+    Image.new("RGB", (64, 64)).save(tmp_path / "000000.png")  # wrong size for the json's first image
+    with pytest.raises(ValueError, match="do not belong together"):
+        CocoDetection(tmp_path, ann_file)[0]
+
+
+def test_cocoeval_scores_ground_truth_as_perfect(synth, tmp_path):
+    """Detections made from the ground truth must score AP = 1: checks xyxy -> xywh, label -> category id,
+    mask -> RLE, and the image ids."""
+    ds = CocoDetection(*synth, with_masks=True)
+    dets, ids = [], []
+    for i in range(len(ds)):
+        _, t = ds[i]
+        n = len(t["boxes"])
+        dets.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.linspace(1.0, 0.5, n),
+                     "masks": t["masks"][:, None].float()})
+        ids.append(int(t["image_id"]))
+    results = detections_to_coco(dets, ids, ds.cat_ids, with_masks=True)
+    for iou_type in ("bbox", "segm"):
+        stats, summary = coco_eval(ds.coco, results, iou_type, ids)
+        assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0), summary
+    wrong = [{**r, "category_id": 3 if r["category_id"] != 3 else 7} for r in results]
+    assert coco_eval(ds.coco, wrong, "bbox", ids)[0]["AP"] < 0.5
+    assert coco_eval(ds.coco, [], "bbox", ids)[0]["AP"] == 0.0
+
+
+@pytest.mark.parametrize("preset", ["denseclip-maskrcnn-tiny", "denseclip-retinanet-tiny"])
+def test_evaluate_detector_end_to_end_writes_metrics(preset, synth, tmp_path):
+    model = build_detector(preset, pretrained=False, score_thresh=0.0)
+    ds = CocoDetection(*synth, with_masks=model.cfg.with_masks, class_names=model.class_names)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate_detection)
+    out = tmp_path / "metrics.json"
+    metrics = evaluate_detector(model, loader, ds, out_json=out, extra={"model": preset})
+    assert model.training  # restored
+    types = ("bbox", "segm") if model.cfg.with_masks else ("bbox",)
+    written = json.loads(out.read_text())
+    assert written["model"] == preset and written["num_images"] == 6 and written["num_detections"] > 0
+    for t in types:
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert 0.0 <= metrics[f"{t}_{k}"] <= 1.0 and written[f"{t}_{k}"] == metrics[f"{t}_{k}"]
+    assert ("segm_AP" in written) == model.cfg.with_masks
+    assert (tmp_path / "metrics_detections.json").is_file()
+
+
+@pytest.mark.parametrize("preset", ["denseclip-maskrcnn-tiny", "denseclip-retinanet-tiny"])
+def test_detect_returns_boxes_in_the_input_image_coordinates(preset):
+    """An image exactly 2x (nearest) the transform's size is resized back to the same pixels, so detect()
+    on it must give exactly twice the boxes of the small image (which the transform leaves as is)."""
+    model = build_detector(preset, pretrained=False, score_thresh=0.0).eval()
+    rng = np.random.default_rng(0)
+    small = (rng.uniform(0, 255, (96, 128, 3))).astype(np.uint8)
+    big = small.repeat(2, axis=0).repeat(2, axis=1)  # 192 x 256
+    r_small = detect(model, small, score_threshold=0.0)
+    r_big = detect(model, Image.fromarray(big), score_threshold=0.0)
+    assert len(r_small) > 0 and len(r_big) == len(r_small)
+    torch.testing.assert_close(r_big.boxes, 2 * r_small.boxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(r_big.scores, r_small.scores, rtol=1e-4, atol=1e-5)
+    assert torch.equal(r_big.labels, r_small.labels)
+    assert r_big.labels.min() >= 0 and r_big.labels.max() < 3 and r_big.names[0] in TINY_DET_CLASSES
+    assert (r_big.boxes[:, 2] <= 256).all() and (r_big.boxes[:, 3] <= 192).all()
+    if model.cfg.with_masks:
+        assert r_big.masks.shape == (len(r_big), 192, 256) and r_big.masks.dtype == torch.bool
+    else:
+        assert r_big.masks is None
+    threshold = float(r_small.scores.median())
+    high = detect(model, small, score_threshold=threshold)
+    assert len(high) == int((r_small.scores >= threshold).sum()) and (high.scores >= threshold).all()
+    with pytest.raises(ValueError, match="score_threshold"):
+        detect(model, small, score_threshold=2.0)
