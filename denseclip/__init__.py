@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 # Imported on first use: zero-shot pulls in open_clip's tokenizer, detection pulls in torchvision (~4 s).
 _LAZY = {
-    "ZeroShotSegmenter": "zeroshot", "ZeroShotResult": "zeroshot",
+    "ZeroShotSegmenter": "zeroshot", "ZeroShotResult": "zeroshot", "BACKGROUND": "zeroshot",
     "detect": "detection", "build_detector": "detection", "load_detector": "detection",
     "DetectionConfig": "detection", "DetectionResult": "detection", "DenseCLIPDetector": "detection",
 }

@@ -178,7 +178,7 @@ TINY_VIT_ARCH = {
 TINY_CLASSES = ("sky", "tree", "road", "person", "car")
 
 ADE_SLIDE_512 = TestConfig(mode="slide", crop=512, stride=341, short_side=512, max_long_side=2048)
-ADE_SLIDE_640 = TestConfig(mode="slide", crop=640, stride=426, short_side=640, max_long_side=2560)
+ADE_SLIDE_640 = TestConfig(mode="slide", crop=640, stride=426, short_side=640, max_long_side=2048)  # img_scale (2048, 640)
 
 
 def _rn(name: str, clip_model: str, use_text: bool) -> DenseCLIPConfig:

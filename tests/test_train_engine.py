@@ -1,0 +1,217 @@
+"""The shared training engine: config overrides, the mmcv schedule, accumulation, resumable sampling,
+checkpoint files, optimizer groups, Hub checks. Fast unit tests (no training loop)."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+from engine import (  # noqa: E402
+    InfiniteSampler,
+    StreamDataset,
+    TrainConfig,
+    accumulation_steps,
+    build_optimizer,
+    find_latest,
+    load_run_config,
+    load_training_state,
+    lr_at,
+    model_card,
+    model_config_from_dict,
+    parse_overrides,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from engine.hub import HubUnavailableError, check_hub_ready  # noqa: E402
+from seg_data import DataConfig, resolve_class_names  # noqa: E402
+
+import denseclip  # noqa: E402
+
+CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p.stem.startswith("det_"))  # segmentation
+
+
+def test_parse_overrides_types():
+    ov = parse_overrides(["--train.max_iters", "100", "--train.lr", "1e-4", "--model.num_contexts=4",
+                          "--train.amp", "bf16", "--train.grad_clip", "null", "--data.scale", "[512, 128]",
+                          "--train.sync_bn", "false", "--model.test.mode", "whole"])
+    assert ov == {"train.max_iters": 100, "train.lr": 1e-4, "model.num_contexts": 4, "train.amp": "bf16",
+                  "train.grad_clip": None, "data.scale": [512, 128], "train.sync_bn": False,
+                  "model.test.mode": "whole"}
+    with pytest.raises(ValueError, match="no value"):
+        parse_overrides(["--train.lr"])
+    with pytest.raises(ValueError, match="--section.key"):
+        parse_overrides(["train.lr", "1"])
+
+
+def test_load_run_config_with_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  preset: denseclip-tiny-rn\ndata:\n  type: synthetic\ntrain:\n  max_iters: 10\n")
+    cfg = load_run_config(p, ["--train.max_iters", "3", "--model.test.mode", "slide", "--train.betas", "[0.8, 0.9]"])
+    assert isinstance(cfg["train"], TrainConfig) and cfg["train"].max_iters == 3 and cfg["train"].betas == (0.8, 0.9)
+    m = model_config_from_dict(cfg["model"])
+    assert m.name == "denseclip-tiny-rn" and m.test.mode == "slide" and m.test.crop == 64  # test merged, not replaced
+    with pytest.raises(KeyError, match=r"unknown train key\(s\) \['max_iter'\].*max_iters"):
+        load_run_config(p, ["--train.max_iter", "3"])
+    with pytest.raises(KeyError, match="first part must be a section"):
+        load_run_config(p, ["--optim.lr", "3"])
+    with pytest.raises(ValueError, match="train.amp"):
+        load_run_config(p, ["--train.amp", "fp8"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_run_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_run_config(path, ["--data.root", "/data"] if "synthetic" not in path.stem else [])
+    model = model_config_from_dict(cfg["model"])
+    data = DataConfig(**{k: v for k, v in cfg["data"].items()})
+    if "ade20k" in path.stem:  # the authors' recipe
+        t = cfg["train"]
+        assert (t.max_iters, t.total_batch, t.lr, t.weight_decay, t.backbone_lr_mult, t.warmup_iters,
+                t.warmup_ratio, t.min_lr, t.poly_power) == (80000, 32, 1e-4, 1e-4, 0.1, 1500, 1e-6, 1e-6, 0.9)
+        assert data.crop_size == (640 if "vit" in path.stem else 512) and data.cat_max_ratio == 0.75
+        assert model.test.mode == "slide" and model.test.crop == data.crop_size
+        assert model.use_text == path.stem.startswith("denseclip")
+
+
+def test_poly_schedule_with_linear_warmup_is_mmcv():
+    cfg = TrainConfig(max_iters=1000, lr=1e-4, min_lr=1e-6, warmup_iters=100, warmup_ratio=1e-6, poly_power=0.9)
+
+    def mmcv(it, base):  # PolyLrUpdaterHook.get_lr + LrUpdaterHook.get_warmup_lr('linear'), iteration 0-based
+        regular = (base - 1e-6) * (1 - it / 1000) ** 0.9 + 1e-6
+        if it < 100:
+            k = (1 - it / 100) * (1 - 1e-6)
+            return regular * (1 - k)
+        return regular
+
+    for it in (0, 1, 50, 99, 100, 500, 999, 1000):
+        for base in (1e-4, 1e-5):
+            assert lr_at(it, base, cfg) == pytest.approx(mmcv(it, base), rel=1e-12)
+    assert lr_at(0, 1e-4, cfg) == pytest.approx(1e-4 * 1e-6, rel=1e-3)
+    assert lr_at(1000, 1e-4, cfg) == pytest.approx(1e-6)
+    const = TrainConfig(schedule="constant", warmup_iters=0, lr=3e-4)
+    assert lr_at(500, 3e-4, const) == 3e-4
+
+
+def test_accumulation_steps():
+    assert accumulation_steps(32, 4, 8) == 1
+    assert accumulation_steps(32, 4, 1) == 8
+    assert accumulation_steps(32, 2, 4) == 4
+    with pytest.raises(ValueError, match="pick train.batch_size from"):
+        accumulation_steps(32, 3, 2)
+
+
+def test_sampler_splits_each_iteration_the_same_way_for_any_world_size():
+    single = InfiniteSampler(8, 2, world_size=1, rank=0, max_iters=3)  # 4 accumulation micro-steps
+    ranks = [InfiniteSampler(8, 2, world_size=2, rank=r, max_iters=3) for r in range(2)]  # 2 micro-steps each
+    s = list(single)
+    assert s == list(range(24))
+    per_rank = [list(r) for r in ranks]
+    for it in range(3):  # each iteration covers the same 8 stream positions
+        got = sorted(p for r in per_rank for p in r[it * 4:(it + 1) * 4])
+        assert got == list(range(it * 8, it * 8 + 8))
+    # micro-step m of rank r holds the slot m * world + r: identical to micro-step (m * world + r) of one process
+    assert list(ranks[1].positions(1, 1)) == list(single.positions(1, 3)) == [14, 15]
+    resumed = InfiniteSampler(8, 2, world_size=1, rank=0, start_iter=2, max_iters=3)
+    assert list(resumed) == s[16:] and len(resumed) == 8
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        return {"image": np.full((2, 2, 3), i, np.uint8), "label": np.zeros((2, 2), np.int64)}
+
+
+def test_stream_dataset_epochs_and_augmentation_seeds():
+    def transform(image, label, rng):
+        return int(image[0, 0, 0]), float(rng.random())
+
+    ds = StreamDataset(_Numbers(), transform, seed=7)
+    first = [ds[g] for g in range(15)]
+    for e in range(3):  # every epoch is a permutation
+        assert sorted(x for x, _ in first[e * 5:(e + 1) * 5]) == list(range(5))
+    assert [x for x, _ in first[:5]] != [x for x, _ in first[5:10]]  # reshuffled per epoch
+    again = StreamDataset(_Numbers(), transform, seed=7)
+    assert [again[g] for g in (14, 3, 9)] == [first[14], first[3], first[9]]  # a pure function of (seed, g)
+    assert StreamDataset(_Numbers(), transform, seed=8)[0] != first[0]
+
+
+def test_rng_state_round_trip_weights_only(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "s.pt")
+    expect = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
+
+
+def test_checkpoints_atomic_latest_and_pruning(tmp_path):
+    model = denseclip.build_model("fpn-clip-tiny-rn", pretrained=False)
+    opt = build_optimizer(model, TrainConfig())
+    for it in (2, 4, 6):
+        write_checkpoint(model, tmp_path, it, {"iteration": it, "optimizer": opt.state_dict(), "rng": rng_state()},
+                         keep=2)
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000004", "iter_0000006", "latest.txt"]
+    (ckpts / "iter_0000008.tmp").mkdir()  # a save interrupted by a kill
+    (ckpts / "iter_0000010").mkdir()  # a folder without its files
+    assert find_latest(ckpts).name == "iter_0000006"
+    (ckpts / "latest.txt").unlink()
+    assert resolve_resume("auto", tmp_path).name == "iter_0000006"
+    assert resolve_resume(str(tmp_path), tmp_path / "x").name == "iter_0000006"
+    assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_resume(str(tmp_path / "empty"), tmp_path)
+    state = load_training_state(ckpts / "iter_0000006")  # weights_only=True
+    assert state["iteration"] == 6 and "state" in state["optimizer"]
+    loaded = denseclip.load_checkpoint(ckpts / "iter_0000006")  # the weights stand alone
+    assert loaded.cfg == model.cfg
+
+
+def test_optimizer_groups_follow_the_recipe():
+    model = denseclip.build_model("denseclip-tiny-rn", pretrained=False)
+    opt = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert all(id(p) not in by_param for n, p in named.items() if n.startswith("text_encoder."))  # frozen
+    assert by_param[id(named["contexts"])]["lr"] == 1e-4 and by_param[id(named["gamma"])]["lr"] == 1e-4
+    bb = [n for n in named if n.startswith("backbone.")]
+    assert all(by_param[id(named[n])]["initial_lr"] == pytest.approx(1e-5) for n in bb)
+    norms = [n for n in named if "norm" in n and not n.startswith(("backbone.", "text_encoder."))]
+    assert norms and all(by_param[id(named[n])]["weight_decay"] == 0.0 for n in norms)
+
+
+def test_class_names_come_from_the_dataset():
+    base = denseclip.get_preset("denseclip-tiny-rn")
+
+    class DS:
+        class_names, num_classes, name = ("a", "b"), 2, "ds"
+
+    assert resolve_class_names(base, DS, explicit=False).class_names == ("a", "b")
+    with pytest.raises(ValueError, match="2 classes"):
+        resolve_class_names(base, DS, explicit=True)
+
+
+def test_push_to_hub_fails_fast_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="unreachable"):
+        check_hub_ready("user/my-model")
+    with pytest.raises(ValueError, match="repo id"):
+        check_hub_ready("not-a-repo")
+    card = model_card(denseclip.get_preset("denseclip-tiny-rn"), {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6},
+                      {"max_iters": 10, "lr": 1e-3}, "user/tiny")
+    assert 'load_checkpoint("user/tiny")' in card and "| 90.00 | 50.00 | 60.00 |" in card

@@ -1,0 +1,151 @@
+"""Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to metrics.json.
+
+    python train/eval_seg.py --checkpoint work_dirs/rn50/final --config train/configs/denseclip_rn50_ade20k.yaml
+    python train/eval_seg.py --checkpoint denseclip_fpn_res50.pth --config ... --aug        # multi-scale + flip
+    torchrun --nproc_per_node 8 train/eval_seg.py --checkpoint ... --config ...          # images split over GPUs
+
+The test pipeline comes from the checkpoint's config (`model.test`: slide 512/341 for the ADE20K
+presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors' multi-scale + flip
+(ratios 0.5, 0.75, 1.0, 1.25, 1.5, 1.75). The data comes from the config's `data:` section
+(`--data.root PATH` and other dotted overrides work as in train_seg.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine import (  # noqa: E402
+    DistEnv,
+    cleanup_distributed,
+    dataclass_from_dict,
+    init_distributed,
+    load_run_config,
+    write_json,
+)
+from seg_data import DataConfig, build_dataset  # noqa: E402
+
+import denseclip  # noqa: E402
+from denseclip.metrics import SegMetric, format_table  # noqa: E402
+
+AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def _identity(x):
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, dataset, test: denseclip.TestConfig | None = None, env: DistEnv | None = None,
+             amp_dtype: torch.dtype | None = None, max_images: int | None = None, workers: int = 2,
+             progress: bool = True) -> dict:
+    """Metrics of `model` on `dataset` (raw samples), each rank taking every world_size-th image.
+
+    Predictions are made at the test size and resized to the label's original size, as mmseg does.
+    Returns SegMetric.compute() plus num_images, seconds and the test pipeline used.
+    """
+    env = env or DistEnv()
+    test = test or model.cfg.test
+    if dataset.num_classes != model.cfg.num_classes:
+        raise ValueError(f"the model has {model.cfg.num_classes} classes, the dataset {dataset.num_classes}")
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    indices = list(range(env.rank, n, env.world_size))
+    loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_identity)
+    metric = SegMetric(model.cfg.num_classes, ignore_index=dataset.ignore_index, class_names=model.cfg.class_names)
+    bar = None
+    if progress and env.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    t0 = time.perf_counter()
+    for sample in loader:
+        r = denseclip.predict(model, sample["image"], mode=test.mode, crop=test.crop, stride=test.stride,
+                              scales=test.scales, flip=test.flip, short_side=test.short_side,
+                              max_long_side=test.max_long_side, return_probs=False, amp_dtype=amp_dtype)
+        metric.update(r.labels, torch.as_tensor(sample["label"]))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    metric.all_reduce()
+    results = metric.compute()
+    results.update(num_images=n, seconds=time.perf_counter() - t0,
+                   test={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(test).items()})
+    return results
+
+
+def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
+    changes = {k: getattr(args, k) for k in ("mode", "crop", "stride", "short_side", "max_long_side")
+               if getattr(args, k) is not None}
+    if args.aug:
+        changes.update(scales=AUG_SCALES, flip=True)
+    if args.scales:
+        changes["scales"] = tuple(args.scales)
+    if args.flip:
+        changes["flip"] = True
+    return dataclasses.replace(base, **changes)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--checkpoint", required=True,
+                   help="our .safetensors / checkpoint folder, a Hub repo id, or the authors' .pth")
+    p.add_argument("--config", help="YAML whose data: section names the dataset (a run's config.yaml works)")
+    p.add_argument("--split", help="dataset split (default: the config's val split)")
+    p.add_argument("--mode", choices=("whole", "slide"))
+    p.add_argument("--crop", type=int)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--short-side", type=int)
+    p.add_argument("--max-long-side", type=int)
+    p.add_argument("--scales", type=float, nargs="+", help="multi-scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
+    p.add_argument("--aug", action="store_true", help="the authors' multi-scale (0.5..1.75) + flip test")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", help="metrics JSON path (default: metrics.json next to the checkpoint)")
+    p.add_argument("--skip-validate", action="store_true", help="do not check the dataset files first")
+    return p.parse_known_args(argv)
+
+
+def main(argv=None) -> dict:
+    args, overrides = parse_args(argv)
+    cfg = load_run_config(args.config, overrides)
+    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], "data")
+    env = init_distributed(args.device)
+    try:
+        split = args.split or data_cfg.splits()[1]
+        if split is None:
+            raise ValueError("no validation split: pass --split or set data.val_split")
+        dataset = build_dataset(data_cfg, split, seed=cfg["train"].seed)
+        if env.is_main and not args.skip_validate:
+            dataset.validate("fast" if data_cfg.validate == "none" else data_cfg.validate)
+        model = denseclip.load_checkpoint(args.checkpoint, device=env.device)
+        test = test_config(model.cfg.test, args)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+        results = evaluate(model, dataset, test, env, amp, args.max_images, args.workers)
+        results.update(checkpoint=str(args.checkpoint), dataset=dataset.name, split=split)
+        if env.is_main:
+            ckpt = Path(args.checkpoint)
+            out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent if ckpt.exists()
+                                                   else Path(".")) / "metrics.json"
+            write_json(out, results)
+            print(format_table(results), flush=True)
+            print(f"metrics written to {out}", flush=True)
+        return results
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()
