@@ -36,10 +36,12 @@ test: install-dev browser
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install-dev
-	$(VENV)/bin/ruff check denseclip train tests benchmarks app.py
+	$(VENV)/bin/ruff check denseclip train tests benchmarks examples app.py
 
 bench: install
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_zeroshot.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import zipfile
@@ -126,7 +127,14 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
     else:
         if open_clip.get_model_config(model_name) is None:
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        # open_clip logs "initialized randomly" here; when weights follow below that is misleading
+        level = logging.getLogger().level
+        if pretrained:
+            logging.getLogger().setLevel(logging.ERROR)
+        try:
+            model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        finally:
+            logging.getLogger().setLevel(level)
     if pretrained:
         path = pretrained if Path(pretrained).is_file() else None
         if path is None and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in pretrained):
