@@ -15,8 +15,9 @@ from PIL import Image
 
 from denseclip.config import TINY_RN_ARCH, TINY_VIT_ARCH
 from denseclip.inference import slide_windows
+from denseclip.render import render_maps, resample
 from denseclip.weights import WEIGHTS_DIR_ENV, WeightsUnavailableError
-from denseclip.zeroshot import BACKGROUND, ZeroShotResult, ZeroShotSegmenter, resample, training_free_block
+from denseclip.zeroshot import BACKGROUND, ZeroShotResult, ZeroShotSegmenter, training_free_block
 
 NAMES = ["sky", "tree", "road", "person"]
 
@@ -411,7 +412,7 @@ def test_resample_matches_interpolate_and_labels_match_full_argmax():
     # labels with candidate pruning and tiling == argmax of the full upsampled maps
     for k, (h, w) in [(6, (5, 7)), (40, (9, 11)), (3, (1, 1))]:
         maps = torch.randn(k, h, w)
-        labels, _, _ = ZeroShotSegmenter._render(maps, k, (h, w), None, "score", 100.0, (700, 1100), True, False)
+        labels, _, _ = render_maps(maps, k, (h, w), None, "score", 100.0, (700, 1100), True, False)
         full = F.interpolate(maps[None], size=(700, 1100), mode="bilinear", align_corners=False)[0]
         top2 = full.topk(2, dim=0).values
         clear = (top2[0] - top2[1]) > 1e-5  # ignore float ties
