@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,12 @@ def get_preset(name: str) -> DenseCLIPConfig:
         return PRESETS[name]()
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; available presets: {list_presets()}") from None
+
+
+def resolve_config(preset_or_config, get: Callable[[str], Any], class_names=None, **overrides):
+    """A config from a preset name (looked up with `get`) or a config object, with `class_names` and
+    other fields replaced: the shared first step of `build_model` and `build_detector`."""
+    cfg = get(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if class_names is not None:
+        overrides["class_names"] = tuple(class_names)
+    return cfg.replace(**overrides) if overrides else cfg

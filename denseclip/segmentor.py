@@ -184,14 +184,10 @@ def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k
     backbones, timm's ImageNet weights; False/None builds random weights (tests, offline); a string is an
     open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
     """
-    from .config import get_preset
+    from .config import get_preset, resolve_config
     from .weights import create_clip
 
-    cfg = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
-    if class_names is not None:
-        overrides["class_names"] = tuple(class_names)
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    cfg = resolve_config(preset_or_config, get_preset, class_names, **overrides)
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     if not pretrained and cfg.backbone != "clip":
         cfg = cfg.replace(backbone_pretrained=False)

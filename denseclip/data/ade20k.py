@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..vocab import ADE20K_CLASSES
-from .base import SegDataset, list_images, pair_by_stem, require_dir
+from .base import SegDataset, split_layout_samples
 
 ADE20K_LAYOUT = """  ADEChallengeData2016/
     images/training/*.jpg      annotations/training/*.png
@@ -34,14 +34,7 @@ class ADE20KDataset(SegDataset):
     """ADE20K scene parsing; split "training"/"train" or "validation"/"val"."""
 
     def __init__(self, root: str | Path, split: str = "training"):
-        if split not in _SPLITS:
-            raise ValueError(f"ADE20K split must be one of {sorted(_SPLITS)}, got {split!r}")
-        split = _SPLITS[split]
         root = _resolve_root(root)
-        require_dir(root, "ADE20K root", ADE20K_LAYOUT)
-        img_dir = require_dir(root / "images" / split, f"ADE20K {split} images", ADE20K_LAYOUT)
-        ann_dir = require_dir(root / "annotations" / split, f"ADE20K {split} annotations", ADE20K_LAYOUT)
-        name = f"ADE20K {split} ({root})"
-        samples = pair_by_stem(list_images(img_dir, (".jpg", ".jpeg", ".png")), ann_dir, ".png", name)
+        split, samples, name = split_layout_samples(root, split, _SPLITS, "ADE20K", ADE20K_LAYOUT, ".png")
         super().__init__(samples, ADE20K_CLASSES, ignore_index=255, reduce_zero_label=True, name=name)
         self.root, self.split = root, split

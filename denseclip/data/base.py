@@ -74,6 +74,20 @@ def pair_by_stem(images: Sequence[Path], label_dir: Path, label_suffix: str = ".
     return pairs
 
 
+def split_layout_samples(root: Path, split: str, splits: dict[str, str], title: str, layout: str,
+                         label_suffix: str) -> tuple[str, list[SamplePaths], str]:
+    """The `images/<split>/` + `annotations/<split>/` layout shared by ADE20K and COCO-Stuff:
+    (canonical split, image/label pairs, display name), with errors that show the expected layout."""
+    if split not in splits:
+        raise ValueError(f"{title} split must be one of {sorted(splits)}, got {split!r}")
+    split = splits[split]
+    require_dir(root, f"{title} root", layout)
+    img_dir = require_dir(root / "images" / split, f"{title} {split} images", layout)
+    ann_dir = require_dir(root / "annotations" / split, f"{title} {split} annotations", layout)
+    name = f"{title} {split} ({root})"
+    return split, pair_by_stem(list_images(img_dir, (".jpg", ".jpeg", ".png")), ann_dir, label_suffix, name), name
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """A label PNG -> (H, W) int64 of raw values.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..vocab import COCO_STUFF_CLASSES
-from .base import SegDataset, list_images, pair_by_stem, require_dir
+from .base import SegDataset, split_layout_samples
 
 COCO_STUFF_LAYOUT = """  coco_stuff164k/
     images/train2017/*.jpg     annotations/train2017/*_labelTrainIds.png
@@ -27,14 +27,8 @@ class COCOStuffDataset(SegDataset):
     """COCO-Stuff-164k; split "train"/"train2017" or "val"/"val2017"."""
 
     def __init__(self, root: str | Path, split: str = "train2017"):
-        if split not in _SPLITS:
-            raise ValueError(f"COCO-Stuff split must be one of {sorted(_SPLITS)}, got {split!r}")
-        split = _SPLITS[split]
         root = Path(root)
-        require_dir(root, "COCO-Stuff root", COCO_STUFF_LAYOUT)
-        img_dir = require_dir(root / "images" / split, f"COCO-Stuff {split} images", COCO_STUFF_LAYOUT)
-        ann_dir = require_dir(root / "annotations" / split, f"COCO-Stuff {split} annotations", COCO_STUFF_LAYOUT)
-        name = f"COCO-Stuff {split} ({root})"
-        samples = pair_by_stem(list_images(img_dir, (".jpg", ".jpeg", ".png")), ann_dir, "_labelTrainIds.png", name)
+        split, samples, name = split_layout_samples(root, split, _SPLITS, "COCO-Stuff", COCO_STUFF_LAYOUT,
+                                                    "_labelTrainIds.png")
         super().__init__(samples, COCO_STUFF_CLASSES, ignore_index=255, reduce_zero_label=False, name=name)
         self.root, self.split = root, split

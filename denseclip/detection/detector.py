@@ -208,13 +208,10 @@ def build_detector(preset_or_config: str | DetectionConfig = "denseclip-retinane
     pretrained=True loads the config's CLIP weights (`clip_pretrained`); False/None random weights; a string
     is an open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
     """
+    from ..config import resolve_config
     from ..weights import create_clip
 
-    cfg = get_detection_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
-    if class_names is not None:
-        overrides["class_names"] = tuple(class_names)
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    cfg = resolve_config(preset_or_config, get_detection_preset, class_names, **overrides)
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     return DenseCLIPDetector(cfg, create_clip(cfg.clip_model, tag, cfg.clip_arch, cfg.quick_gelu)).train()
 
