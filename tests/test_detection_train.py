@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,8 @@ def test_train_then_eval_retinanet(tmp_path):
     train_logs = [r for r in logged if r["prefix"] == "train"]
     assert {"loss", "loss_aux", "classification", "bbox_regression", "lr", "grad_norm"} <= set(train_logs[0])
     assert train_logs[-1]["lr"] == pytest.approx(1e-4)  # x0.1 after epoch 1
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["train"]  # epochs -> the engine's iterations
+    assert (saved["schedule"], saved["lr_steps"], saved["lr_gamma"], saved["max_iters"]) == ("step", [8], 0.1, 16)
     model = load_detector(tmp_path / "run/final")
     assert model.cfg.name == "denseclip-retinanet-tiny" and not model.training
     res = eval_det.main(["--checkpoint", str(tmp_path / "run/final"), "--config", RETINANET, "--data.root",

@@ -15,12 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
 from engine import (  # noqa: E402
+    DistEnv,
     InfiniteSampler,
     StreamDataset,
     TrainConfig,
     accumulation_steps,
     build_optimizer,
+    build_train_loader,
     find_latest,
+    headline,
     load_run_config,
     load_training_state,
     lr_at,
@@ -103,6 +106,28 @@ def test_poly_schedule_with_linear_warmup_is_mmcv():
     assert lr_at(500, 3e-4, const) == 3e-4
 
 
+def test_step_schedule_with_linear_warmup_is_mmcv():
+    """mmdet 1x as detection sets it: epochs 8 and 11 of 100 iterations, warm-up 50 iterations."""
+    cfg = TrainConfig(schedule="step", lr_steps=(800, 1100), lr_gamma=0.1, max_iters=1200, warmup_iters=50,
+                      warmup_ratio=1e-3)
+
+    def mmcv(it, base):  # StepLrUpdaterHook.get_lr + LrUpdaterHook.get_warmup_lr('linear'), iteration 0-based
+        regular = base * 0.1 ** sum(it >= s for s in (800, 1100))
+        return regular * (1 - (1 - it / 50) * (1 - 1e-3)) if it < 50 else regular
+
+    for it in (0, 1, 25, 49, 50, 799, 800, 1099, 1100, 1199):
+        for base in (1e-4, 1e-5):
+            assert lr_at(it, base, cfg) == pytest.approx(mmcv(it, base), rel=1e-12)
+    assert lr_at(799, 1e-4, cfg) == 1e-4 and lr_at(1100, 1e-4, cfg) == pytest.approx(1e-6, rel=1e-12)
+    # what train_det.py computed before the engine had it: the constant schedule x gamma ** steps passed
+    const = TrainConfig(schedule="constant", max_iters=1200, warmup_iters=50, warmup_ratio=1e-3)
+    for it in range(1200):
+        assert lr_at(it, 1e-4, cfg) == lr_at(it, 1e-4, const) * 0.1 ** sum(it >= s for s in (800, 1100))
+    assert lr_at(5, 1e-4, TrainConfig(schedule="step", lr_steps=(), warmup_iters=0)) == 1e-4  # no steps: constant
+    with pytest.raises(ValueError, match="'poly', 'step' or 'constant'"):
+        TrainConfig(schedule="cosine")
+
+
 def test_accumulation_steps():
     assert accumulation_steps(32, 4, 8) == 1
     assert accumulation_steps(32, 4, 1) == 8
@@ -146,6 +171,20 @@ def test_stream_dataset_epochs_and_augmentation_seeds():
     again = StreamDataset(_Numbers(), transform, seed=7)
     assert [again[g] for g in (14, 3, 9)] == [first[14], first[3], first[9]]  # a pure function of (seed, g)
     assert StreamDataset(_Numbers(), transform, seed=8)[0] != first[0]
+
+
+def test_train_loader_micro_batches_and_collate_fn():
+    def transform(image, label, rng):
+        return torch.from_numpy(image[0, 0]).long(), int(label.sum())
+
+    cfg = TrainConfig(total_batch=4, batch_size=2, max_iters=3, seed=7, workers=0)
+    stacked = list(build_train_loader(_Numbers(), transform, cfg, DistEnv(), start_iter=1))
+    assert len(stacked) == 4 and stacked[0][0].shape == (2, 3)  # 2 iterations x 2 micro-batches, stacked
+    stream = StreamDataset(_Numbers(), transform, seed=7)
+    assert [int(x[0]) for b in stacked for x in b[0]] == [int(stream[g][0][0]) for g in range(4, 12)]
+    listed = list(build_train_loader(_Numbers(), transform, cfg, DistEnv(), start_iter=1, collate_fn=list))
+    assert isinstance(listed[0], list) and len(listed[0]) == 2  # e.g. detection: images of different sizes
+    assert [int(s[0][0]) for b in listed for s in b] == [int(x[0]) for b in stacked for x in b[0]]
 
 
 def test_rng_state_round_trip_weights_only(tmp_path):
@@ -215,3 +254,35 @@ def test_push_to_hub_fails_fast_offline(monkeypatch):
     card = model_card(denseclip.get_preset("denseclip-tiny-rn"), {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6},
                       {"max_iters": 10, "lr": 1e-3}, "user/tiny")
     assert 'load_checkpoint("user/tiny")' in card and "| 90.00 | 50.00 | 60.00 |" in card
+
+
+def test_model_card_follows_the_task():
+    from denseclip.detection.config import get_detection_preset
+
+    seg = model_card(denseclip.get_preset("denseclip-tiny-rn"), {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}, None, "u/s")
+    assert "- semantic-segmentation" in seg and "mIoU" in seg and "box AP" not in seg
+    det_cfg = get_detection_preset("denseclip-maskrcnn-tiny")
+    metrics = {"bbox_AP": 0.123, "bbox_AP50": 0.25, "bbox_AP75": 0.1, "segm_AP": 0.1, "segm_AP50": 0.2, "segm_AP75": 0.05}
+    det = model_card(det_cfg, metrics, {"max_iters": 16, "schedule": "step", "lr_steps": [8], "lr_gamma": 0.1}, "u/d")
+    assert "- object-detection" in det and 'load_detector("u/d")' in det and "mIoU" not in det
+    assert "| box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 |" in det
+    assert "| 12.3 | 25.0 | 10.0 | 10.0 | 20.0 | 5.0 |" in det and "lr_steps=[8]" in det
+    assert "Classes: red box, green ellipse, blue box" in det
+    retina = model_card(get_detection_preset("denseclip-retinanet-tiny"), {"bbox_AP": 0.5}, None, "u/r")
+    assert "| box AP | box AP50 | box AP75 |" in retina and "mask AP" not in retina
+    assert "## Validation" not in model_card(det_cfg, None, None, "u/d")
+    assert headline({"mIoU": 0.4567}, "mIoU") == "mIoU 45.67" and headline({"bbox_AP": 0.4567}, "bbox_AP") == "box AP 45.7"
+
+
+def test_model_config_from_dict_takes_the_task_config():
+    from denseclip.detection.config import DetectionConfig, get_detection_preset
+
+    d = {"preset": "denseclip-retinanet-tiny", "num_contexts": 4, "class_names": ["a", "b"]}
+    cfg = model_config_from_dict(d, DetectionConfig, get_detection_preset)
+    assert isinstance(cfg, DetectionConfig) and cfg.num_contexts == 4 and cfg.class_names == ("a", "b")
+    assert cfg == get_detection_preset("denseclip-retinanet-tiny").replace(num_contexts=4, class_names=("a", "b"))
+    assert d["preset"] == "denseclip-retinanet-tiny"  # the section is not consumed
+    assert model_config_from_dict(cfg.to_dict(), DetectionConfig, get_detection_preset) == cfg  # every field
+    with pytest.raises(KeyError, match="num_context"):
+        model_config_from_dict({"preset": "denseclip-retinanet-tiny", "num_context": 4}, DetectionConfig,
+                               get_detection_preset)

@@ -11,30 +11,29 @@ threshold, NMS, detections per image) come from the checkpoint's config.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import cleanup_distributed, dataclass_from_dict, init_distributed, load_run_config, write_json  # noqa: E402
+from engine import (  # noqa: E402
+    dataclass_from_dict,
+    distributed_session,
+    eval_parser,
+    load_run_config,
+    report_metrics,
+)
 from train_det import SECTIONS, DetDataConfig, build_datasets, val_loader  # noqa: E402
 
 from denseclip.detection import CocoDetection, evaluate_detector, load_detector  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--checkpoint", required=True, help="a .safetensors file, a checkpoint folder, or a Hub repo id")
-    p.add_argument("--config", help="YAML whose data: section names the validation images and annotations")
-    p.add_argument("--max-images", type=int, help="evaluate the first N images only (quick checks)")
+    p = eval_parser(__doc__, "a .safetensors file, a checkpoint folder, or a Hub repo id",
+                    "YAML whose data: section names the validation images and annotations",
+                    "do not check that the image files exist")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--out", help="metrics JSON path (default: metrics.json next to the checkpoint)")
-    p.add_argument("--skip-validate", action="store_true", help="do not check that the image files exist")
     return p.parse_known_args(argv)
 
 
@@ -44,8 +43,7 @@ def main(argv=None) -> dict:
     data = dataclass_from_dict(DetDataConfig, cfg["data"], "data")
     if not data.val_images or not data.val_ann:
         raise ValueError("no validation data: set data.val_images and data.val_ann (or pass --data.val_ann PATH)")
-    env = init_distributed(args.device)
-    try:
+    with distributed_session(args.device) as env:
         model = load_detector(args.checkpoint, device=env.device)
         if data.synthetic and env.is_main:
             build_datasets(data, model.cfg.with_masks, cfg["train"].seed)
@@ -54,23 +52,15 @@ def main(argv=None) -> dict:
                                 class_names=model.class_names)
         if env.is_main and not args.skip_validate:
             dataset.validate()
-        ckpt = Path(args.checkpoint)
-        out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent if ckpt.exists()
-                                               else Path(".")) / "metrics.json"
         t0 = time.perf_counter()
         loader = val_loader(dataset, env, args.workers, args.max_images, args.batch_size)
         metrics = evaluate_detector(model, loader, dataset, env.device, progress=env.is_main)
         if env.is_main:
             metrics.update(checkpoint=str(args.checkpoint), model=model.cfg.name, annotations=str(dataset.ann_file),
                            seconds=time.perf_counter() - t0)
-            write_json(out, metrics)
-            print(metrics["summary"], flush=True)
-            print("  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()
-                            if k.startswith(("bbox_", "segm_"))), flush=True)
-            print(f"metrics written to {out}", flush=True)
+            ap = "  ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if k.startswith(("bbox_", "segm_")))
+            report_metrics(metrics, args.checkpoint, args.out, f"{metrics['summary']}\n{ap}")
         return metrics
-    finally:
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -25,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine import (  # noqa: E402
     DistEnv,
-    cleanup_distributed,
     dataclass_from_dict,
-    init_distributed,
+    distributed_session,
+    eval_parser,
     load_run_config,
-    write_json,
+    report_metrics,
 )
 from seg_data import DataConfig, build_dataset  # noqa: E402
 
@@ -95,11 +94,9 @@ def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--checkpoint", required=True,
-                   help="our .safetensors / checkpoint folder, a Hub repo id, or the authors' .pth")
-    p.add_argument("--config", help="YAML whose data: section names the dataset (a run's config.yaml works)")
+    p = eval_parser(__doc__, "our .safetensors / checkpoint folder, a Hub repo id, or the authors' .pth",
+                    "YAML whose data: section names the dataset (a run's config.yaml works)",
+                    "do not check the dataset files first")
     p.add_argument("--split", help="dataset split (default: the config's val split)")
     p.add_argument("--mode", choices=("whole", "slide"))
     p.add_argument("--crop", type=int)
@@ -110,11 +107,6 @@ def parse_args(argv=None):
     p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
     p.add_argument("--aug", action="store_true", help="the authors' multi-scale (0.5..1.75) + flip test")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--out", help="metrics JSON path (default: metrics.json next to the checkpoint)")
-    p.add_argument("--skip-validate", action="store_true", help="do not check the dataset files first")
     return p.parse_known_args(argv)
 
 
@@ -122,8 +114,7 @@ def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_run_config(args.config, overrides)
     data_cfg = dataclass_from_dict(DataConfig, cfg["data"], "data")
-    env = init_distributed(args.device)
-    try:
+    with distributed_session(args.device) as env:
         split = args.split or data_cfg.splits()[1]
         if split is None:
             raise ValueError("no validation split: pass --split or set data.val_split")
@@ -136,15 +127,8 @@ def main(argv=None) -> dict:
         results = evaluate(model, dataset, test, env, amp, args.max_images, args.workers)
         results.update(checkpoint=str(args.checkpoint), dataset=dataset.name, split=split)
         if env.is_main:
-            ckpt = Path(args.checkpoint)
-            out = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent if ckpt.exists()
-                                                   else Path(".")) / "metrics.json"
-            write_json(out, results)
-            print(format_table(results), flush=True)
-            print(f"metrics written to {out}", flush=True)
+            report_metrics(results, args.checkpoint, args.out, format_table(results))
         return results
-    finally:
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -7,20 +7,19 @@
 
 The machinery is the segmentation engine's (train/engine): YAML + `--section.key value` overrides, torchrun,
 AdamW groups from `model.param_groups`, linear warm-up, AMP, gradient clipping, the resumable data stream,
-atomic checkpoints, tqdm/TensorBoard logs, --push-to-hub. Detection adds a `schedule:` section: the mmdet
-1x schedule in epochs (train.max_iters is derived from it: epochs x ceil(images / total_batch)) with the lr
-multiplied by `gamma` after each epoch in `steps`; `train.schedule` stays "constant" (warm-up only).
+the training loop, atomic checkpoints, tqdm/TensorBoard logs, --push-to-hub. Detection adds a `schedule:`
+section: the mmdet 1x schedule in epochs, turned into iterations here (train.max_iters = epochs x
+ceil(images / total_batch); the engine's step schedule, train.lr_steps, multiplies the lr by `gamma` after
+each epoch in `steps`). Leave `train.schedule: constant` in the YAML; the run's config.yaml says "step".
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import math
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +29,24 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine import (  # noqa: E402
-    Amp,
-    InfiniteSampler,
-    RunLogger,
-    StreamDataset,
     accumulation_steps,
-    all_reduce_mean,
-    barrier,
     broadcast_error,
-    build_optimizer,
+    build_train_loader,
     check_hub_ready,
-    cleanup_distributed,
     dataclass_from_dict,
-    init_distributed,
+    distributed_session,
+    finish_training,
     init_seed,
+    keep_best,
     load_run_config,
-    load_training_state,
-    load_weights_into,
-    peak_memory_mb,
-    push_folder,
+    model_config_from_dict,
     resolve_resume,
-    rng_state,
+    run_training,
     save_run_config,
-    set_lr,
-    set_rng_state,
-    step_seed,
-    write_checkpoint,
-    write_json,
+    start_training,
+    train_parser,
+    work_dir_of,
 )
-from engine.config import dataclass_to_dict  # noqa: E402
 
 from denseclip.detection import (  # noqa: E402
     CocoDetection,
@@ -69,7 +57,7 @@ from denseclip.detection import (  # noqa: E402
     to_sample,
     write_synthetic_coco,
 )
-from denseclip.detection.config import config_from_dict  # noqa: E402
+from denseclip.detection.config import DetectionConfig, get_detection_preset  # noqa: E402
 
 SECTIONS = ("model", "data", "schedule", "train")
 
@@ -133,65 +121,21 @@ class FlipTransform:
         return to_sample(image, target, flip=bool(rng.random() < self.prob))
 
 
-def train_loader(ds, data: DetDataConfig, tcfg, env, start_iter: int) -> DataLoader:
-    sampler = InfiniteSampler(tcfg.total_batch, tcfg.batch_size, env.world_size, env.rank, start_iter, tcfg.max_iters)
-    stream = StreamDataset(_RawSamples(ds), FlipTransform(data.hflip_prob), tcfg.seed)
-    return DataLoader(stream, batch_size=tcfg.batch_size, sampler=sampler, num_workers=tcfg.workers,
-                      collate_fn=collate_detection, pin_memory=env.device.type == "cuda",
-                      prefetch_factor=4 if tcfg.workers > 0 else None)
-
-
 def val_loader(ds, env, workers: int, max_images: int | None = None, batch_size: int = 2) -> DataLoader:
     n = len(ds) if max_images is None else min(max_images, len(ds))
     return DataLoader(Subset(ds, list(range(env.rank, n, env.world_size))), batch_size=batch_size,
                       num_workers=workers, collate_fn=collate_detection)
 
 
-def step_factor(it: int, step_iters: list[int], gamma: float) -> float:
-    """mmcv StepLrUpdaterHook: lr x gamma for every step already reached."""
-    return gamma ** sum(it >= s for s in step_iters)
-
-
-def _to(targets: list[dict], device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-
-
-def detection_card(cfg, metrics: dict | None, repo_id: str) -> str:
-    ap = (f"box AP {100 * metrics['bbox_AP']:.1f}" + (f", mask AP {100 * metrics['segm_AP']:.1f}"
-                                                     if "segm_AP" in metrics else "")) if metrics else "not evaluated"
-    return "\n".join([
-        "---", "library_name: denseclip", "tags:", "- object-detection", "- denseclip", "- clip", "license: apache-2.0",
-        "---", "", f"# {repo_id.split('/')[-1]}", "",
-        f"DenseCLIP {cfg.detector} `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
-        f"{'language-guided' if cfg.use_text else 'CLIP baseline'}), torchvision detector; validation: {ap}.", "",
-        "```python", "from denseclip.detection import load_detector, detect",
-        f'model = load_detector("{repo_id}")', 'r = detect(model, "photo.jpg")  # r.boxes, r.names, r.scores', "```", ""])
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("--config", required=True, help="YAML with model:, data:, schedule:, train: sections")
-    p.add_argument("--work-dir", help="checkpoints, logs, metrics (default: work_dirs/<config name>)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint in the work dir (no value), or from PATH")
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the final model + model card to this Hub repo")
-    p.add_argument("--skip-validate", action="store_true", help="skip the image-file check")
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
-    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration
-    return p.parse_known_args(argv)
+    return train_parser(__doc__, SECTIONS, "skip the image-file check").parse_known_args(argv)
 
 
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_run_config(args.config, overrides, sections=SECTIONS)
-    work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
-    env = init_distributed(args.device)
-    try:
-        return train(cfg, args, work_dir, env)
-    finally:
-        cleanup_distributed()
+    with distributed_session(args.device) as env:
+        return train(cfg, args, work_dir_of(args), env)
 
 
 def _prepare(cfg, args, env):
@@ -201,9 +145,9 @@ def _prepare(cfg, args, env):
     try:
         data = dataclass_from_dict(DetDataConfig, cfg["data"], "data")
         sched = dataclass_from_dict(ScheduleConfig, cfg["schedule"], "schedule")
-        model_cfg = config_from_dict(cfg["model"])
+        model_cfg = model_config_from_dict(cfg["model"], DetectionConfig, get_detection_preset)
         tcfg = cfg["train"]
-        if tcfg.schedule != "constant":
+        if tcfg.schedule not in ("constant", "step"):  # "step": a run's own config.yaml
             raise ValueError("detection schedules come from the schedule: section; set train.schedule: constant")
         if tcfg.compile or tcfg.channels_last:
             raise ValueError("train.compile and train.channels_last are not supported for detection; set them false")
@@ -230,134 +174,62 @@ def _prepare(cfg, args, env):
                     ds.validate()
         if env.is_main and args.push_to_hub:
             check_hub_ready(args.push_to_hub)
-        per_epoch = math.ceil(len(train_ds) / tcfg.total_batch)
-        tcfg = replace(tcfg, max_iters=sched.epochs * per_epoch)
-        step_iters = [s * per_epoch for s in sched.steps]
-        result = (data, sched, model_cfg, tcfg, train_ds, val_ds, accum, per_epoch, step_iters)
+        per_epoch = math.ceil(len(train_ds) / tcfg.total_batch)  # epochs -> iterations, for the engine
+        tcfg = replace(tcfg, max_iters=sched.epochs * per_epoch, schedule="step",
+                       lr_steps=tuple(s * per_epoch for s in sched.steps), lr_gamma=sched.gamma)
+        result = (data, sched, model_cfg, tcfg, train_ds, val_ds, accum, per_epoch)
     except Exception as e:  # noqa: BLE001
         error = e
     broadcast_error(error, env)
     return result
 
 
-def _evaluate(model, val_ds, tcfg, env, log, it, best, work_dir):
-    loader = val_loader(val_ds, env, min(tcfg.workers, 2), tcfg.eval_max_images)
+def _evaluate(run, val_ds, it: int) -> dict:
+    """COCO box (and mask) AP on the validation set; keeps the best model in work_dir/best."""
+    tcfg, log = run.cfg, run.log
+    loader = val_loader(val_ds, run.env, min(tcfg.workers, 2), tcfg.eval_max_images)
     t0 = time.perf_counter()
-    metrics = evaluate_detector(model, loader, val_ds, env.device)
-    model.train()
-    if env.is_main:
+    metrics = evaluate_detector(run.model, loader, val_ds, run.env.device)  # the numbers on rank 0 only
+    run.model.train()
+    if run.env.is_main:
         ap = {k: 100 * v for k, v in metrics.items() if k.startswith(("bbox_", "segm_"))}
         log.scalars(it, ap, prefix="val")
         log.info(f"iter {it}: " + "  ".join(f"{k} {v:.1f}" for k, v in ap.items() if k.endswith("AP"))
                  + f"  ({metrics['num_images']} images, {time.perf_counter() - t0:.1f} s)")
-        if metrics["bbox_AP"] > best["bbox_AP"]:
-            best.update(bbox_AP=metrics["bbox_AP"], iteration=it)
-            save_detector(model, work_dir / "best", {"iteration": it, "bbox_AP": metrics["bbox_AP"]})
-            write_json(work_dir / "best" / "metrics.json", {"iteration": it, **metrics})
+        keep_best(run, "bbox_AP", metrics["bbox_AP"], metrics)
     return metrics
 
 
 def train(cfg, args, work_dir: Path, env) -> dict:
-    data, sched, model_cfg, tcfg, train_ds, val_ds, accum, per_epoch, step_iters = _prepare(cfg, args, env)
+    data, sched, model_cfg, tcfg, train_ds, val_ds, accum, per_epoch = _prepare(cfg, args, env)
     resume_from = resolve_resume(args.resume, work_dir)
-    if tcfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)  # cudnn.benchmark stays off: sizes vary
     torch.manual_seed(init_seed(tcfg.seed))  # identical random init on every rank
     model = build_detector(model_cfg, pretrained=resume_from is None)  # resuming: the checkpoint has every weight
-    if resume_from is not None:
-        load_weights_into(model, resume_from)
-    model.to(env.device).train()
-    if tcfg.sync_bn and env.distributed:  # off in the presets: the authors' CLIP ResNet uses plain BatchNorm
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, tcfg)
-    amp = Amp(tcfg.amp, env.device)
-    start_iter, best = 0, {"bbox_AP": -1.0, "iteration": -1}
-    if resume_from is not None:
-        state = load_training_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        amp.load_state_dict(state["scaler"])
-        start_iter, best = int(state["iteration"]), dict(state["best"])
-        set_rng_state(state["rng"])
-    ddp = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-        find_unused_parameters=tcfg.find_unused_parameters) if env.distributed else None
-    train_model = ddp or model
-
-    log = RunLogger(work_dir, env, tcfg.max_iters, start_iter, progress=not args.no_progress)
+    # sync_bn is off in the presets (the authors' CLIP ResNet uses plain BatchNorm); image sizes vary: no cudnn.benchmark
+    run = start_training(model, tcfg, env, work_dir, accum, resume_from, best={"bbox_AP": -1.0, "iteration": -1},
+                         save_model=save_detector, progress=not args.no_progress, cudnn_benchmark=False)
+    model = run.model
     if env.is_main:
         save_run_config({"model": model.cfg, "data": data, "schedule": sched, "train": tcfg}, work_dir / "config.yaml")
-    log.info(f"{model.cfg.name}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M "
-             f"trainable params; {len(train_ds)} training images; {sched.epochs} epochs x {per_epoch} iterations, "
-             f"lr steps at {step_iters}; world {env.world_size} x batch {tcfg.batch_size} x accumulation {accum}")
-    if resume_from is not None:
-        log.info(f"resumed from {resume_from} at iteration {start_iter}")
+    run.log.info(f"{model.cfg.name}: {sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f} M "
+                 f"trainable params; {len(train_ds)} training images; {sched.epochs} epochs x {per_epoch} iterations, "
+                 f"lr steps at {list(tcfg.lr_steps)}; world {env.world_size} x batch {tcfg.batch_size} x "
+                 f"accumulation {accum}")
+    loader = build_train_loader(_RawSamples(train_ds), FlipTransform(data.hflip_prob), tcfg, env,
+                                start_iter=run.iteration, collate_fn=collate_detection)
 
-    batches = iter(train_loader(train_ds, data, tcfg, env, start_iter))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    window, n_window, t_window = defaultdict(float), 0, time.perf_counter()
-    results, it = {}, start_iter
-    while it < tcfg.max_iters:
-        factor = step_factor(it, step_iters, sched.gamma)
-        lr = set_lr(optimizer, it, tcfg) * factor  # warm-up (engine), then the step decay
-        for g in optimizer.param_groups:
-            g["lr"] *= factor
-        for m in range(accum):
-            images, targets = next(batches)
-            images = [im.to(env.device, non_blocking=True) for im in images]
-            targets = _to(targets, env.device)
-            torch.manual_seed(step_seed(tcfg.seed, it, m * env.world_size + env.rank))  # dropout, RoI sampling
-            sync = ddp is None or m == accum - 1
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                with amp.autocast():
-                    losses = train_model(images, targets)
-                amp.backward(losses["loss"] / accum)
-            for k, v in losses.items():
-                window[k] += v.detach().float() / accum
-        grad_norm = amp.step(optimizer, params, tcfg.grad_clip)
-        optimizer.zero_grad(set_to_none=True)
-        it += 1
-        n_window += 1
-        log.advance()
-        if it % tcfg.log_interval == 0 or it == tcfg.max_iters:
-            values = all_reduce_mean({k: float(v) / n_window for k, v in window.items()}, env)
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at iteration {it}; lower train.lr or keep "
-                                         "train.grad_clip (the authors: 0.1)")
-            values.update(lr=lr, images_per_s=tcfg.total_batch * n_window / max(time.perf_counter() - t_window, 1e-9),
-                          memory_mb=peak_memory_mb(env.device), epoch=it / per_epoch)
-            if grad_norm is not None:
-                values["grad_norm"] = grad_norm
-            log.scalars(it, values)
-            log.info(f"iter {it}/{tcfg.max_iters}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
-            window, n_window, t_window = defaultdict(float), 0, time.perf_counter()
-        if val_ds is not None and tcfg.eval_interval and it % tcfg.eval_interval == 0 and it < tcfg.max_iters:
-            results = _evaluate(model, val_ds, tcfg, env, log, it, best, work_dir)
-        if it % tcfg.checkpoint_interval == 0 or it == tcfg.max_iters:
-            if env.is_main:
-                state = {"iteration": it, "optimizer": optimizer.state_dict(), "scaler": amp.state_dict(),
-                         "rng": rng_state(), "best": best, "world_size": env.world_size, "accumulation": accum,
-                         "train": dataclass_to_dict(tcfg)}
-                log.info(f"checkpoint {write_checkpoint(model, work_dir, it, state, tcfg.keep_checkpoints)}")
-            barrier(env)
-        if args.stop_at is not None and it >= args.stop_at:
-            log.info(f"--stop-at {args.stop_at}: stopping without finishing")
-            log.close()
-            return {"stopped_at": it}
+    def step(batch) -> dict[str, torch.Tensor]:
+        """One micro-batch -> its losses: images [(3, H, W)], targets [{"boxes", "labels"(, "masks")}] ->
+        {"loss", the detector's terms, "loss_aux"}."""
+        images, targets = batch
+        images = [im.to(env.device, non_blocking=True) for im in images]
+        targets = [{k: v.to(env.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        return run.train_model(images, targets)
 
-    if val_ds is not None and tcfg.eval_at_end:
-        results = _evaluate(model, val_ds, tcfg, env, log, it, best, work_dir)
-    if env.is_main:
-        final = save_detector(model, work_dir / "final", {"iteration": it}).parent
-        summary = {"iteration": it, "best": best, **results}
-        write_json(work_dir / "metrics.json", summary)
-        if results:
-            write_json(final / "metrics.json", summary)
-        log.info(f"final model: {final}" + (f"; box AP {100 * results['bbox_AP']:.1f}" if results else ""))
-        if args.push_to_hub:
-            log.info(f"pushed to {push_folder(final, args.push_to_hub, detection_card(model.cfg, results, args.push_to_hub))}")
-    barrier(env)
-    log.close()
-    return {"iteration": it, "best": best, **results}
+    validate = None if val_ds is None else partial(_evaluate, run, val_ds)  # validate(it) -> metrics
+    if run_training(run, iter(loader), step, validate, stop_at=args.stop_at, iters_per_epoch=per_epoch):
+        return {"stopped_at": run.iteration}
+    return finish_training(run, validate, push_to_hub=args.push_to_hub)
 
 
 if __name__ == "__main__":

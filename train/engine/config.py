@@ -14,6 +14,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     backbone_lr_mult: float = 0.1
     text_encoder_lr_mult: float = 0.0  # the text encoder is frozen by the model config (freeze_text_encoder)
-    schedule: str = "poly"  # "poly" (mmcv PolyLrUpdaterHook) | "constant"
+    schedule: str = "poly"  # "poly" (mmcv PolyLrUpdaterHook) | "step" (mmcv StepLrUpdaterHook) | "constant"
     poly_power: float = 0.9
-    min_lr: float = 1e-6  # mmcv semantics: every group decays towards min_lr
+    min_lr: float = 1e-6  # poly, mmcv semantics: every group decays towards min_lr
+    lr_steps: tuple[int, ...] = ()  # step: iterations after which the lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
     warmup_iters: int = 1500  # mmcv linear warm-up
     warmup_ratio: float = 1e-6
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 uses a GradScaler)
@@ -59,8 +62,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        if self.schedule not in ("poly", "constant"):
-            raise ValueError(f"train.schedule must be 'poly' or 'constant', got {self.schedule!r}")
+        if self.schedule not in ("poly", "step", "constant"):
+            raise ValueError(f"train.schedule must be 'poly', 'step' or 'constant', got {self.schedule!r}")
         for key in ("max_iters", "total_batch", "batch_size", "checkpoint_interval", "log_interval"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
@@ -165,18 +168,26 @@ def load_run_config(path: str | Path | None, overrides: list[str] | dict | None 
     return cfg
 
 
-def model_config_from_dict(d: dict):
-    """A DenseCLIPConfig from a YAML `model:` section: `preset: name` plus overrides, or every field."""
-    from denseclip import DenseCLIPConfig, get_preset
+def model_config_from_dict(d: dict, config_cls: type | None = None, get_preset: Callable | None = None):
+    """A model config from a YAML `model:` section: `preset: name` plus overrides, or every field.
+
+    config_cls (with a `from_dict`) and get_preset (name -> config) name the task's config; the default
+    is segmentation's (DenseCLIPConfig, denseclip.get_preset); detection passes DetectionConfig and
+    get_detection_preset. A nested config (segmentation's `test:`) is merged key by key, not replaced.
+    """
+    if config_cls is None:
+        from denseclip import DenseCLIPConfig as config_cls
+        from denseclip import get_preset
 
     d = copy.deepcopy(d)
     if "preset" in d:
-        merged = get_preset(d.pop("preset")).to_dict()
-        test = {**merged.pop("test"), **(d.pop("test", None) or {})}
-        merged.update(d)
-        merged["test"] = test
+        preset = get_preset(d.pop("preset"))
+        merged = dataclasses.asdict(preset)
+        for key, value in d.items():
+            nested = dataclasses.is_dataclass(getattr(preset, key, None))
+            merged[key] = {**merged[key], **(value or {})} if nested else value
         d = merged
-    return DenseCLIPConfig.from_dict(d)
+    return config_cls.from_dict(d)
 
 
 def save_run_config(cfg: dict, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Process-group setup for `torchrun` (single node or many), and small collective helpers.
 
     env = init_distributed()          # reads RANK / WORLD_SIZE / LOCAL_RANK set by torchrun
+    with distributed_session(device) as env: ...   # the same, and the process group is left at the end
     accum = accumulation_steps(total_batch=32, batch_size=4, world_size=env.world_size)
 
 NCCL on GPUs, gloo on CPU. Without torchrun everything degrades to a single process.
@@ -9,6 +10,8 @@ NCCL on GPUs, gloo on CPU. Without torchrun everything degrades to a single proc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +63,15 @@ def init_distributed(device: str | None = None) -> DistEnv:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session(device: str | None = None) -> Iterator[DistEnv]:
+    """init_distributed(device) for the body of a `with`; the process group is destroyed on the way out."""
+    try:
+        yield init_distributed(device)
+    finally:
+        cleanup_distributed()
 
 
 def barrier(env: DistEnv) -> None:

@@ -31,11 +31,22 @@ def check_hub_ready(repo_id: str) -> None:
         raise HubUnavailableError("--push-to-hub: no Hugging Face user for the current token")
 
 
-def model_card(cfg, metrics: dict | None, train_cfg: dict | None, repo_id: str) -> str:
-    """A README.md for the Hub: what the model is, how to load it, its validation numbers."""
-    lines = ["---", "library_name: denseclip", "tags:", "- semantic-segmentation", "- denseclip", "- clip",
-             "license: apache-2.0", "---", "", f"# {repo_id.split('/')[-1]}", "",
-             f"DenseCLIP segmentor `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
+def is_detection(cfg) -> bool:
+    """A detector's config (denseclip.detection.DetectionConfig) rather than a segmentor's."""
+    return hasattr(cfg, "detector")
+
+
+def headline(metrics: dict, key: str) -> str:
+    """The validation number `key` as a run reports it: mIoU with 2 decimals, box AP with 1 (as the papers)."""
+    if key == "mIoU":
+        return f"mIoU {100 * metrics[key]:.2f}"
+    if key == "bbox_AP":
+        return f"box AP {100 * metrics[key]:.1f}"
+    return f"{key} {metrics[key]:.4g}"
+
+
+def _segmentation_card(cfg, metrics: dict | None, repo_id: str) -> list[str]:
+    lines = [f"DenseCLIP segmentor `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
              f"{'context-aware prompting' if cfg.use_text else 'CLIP + FPN baseline'}), trained with the "
              "`denseclip` training script (DenseCLIP, Rao et al., CVPR 2022).", "",
              "```python", "import denseclip", f'model = denseclip.load_checkpoint("{repo_id}")',
@@ -46,8 +57,37 @@ def model_card(cfg, metrics: dict | None, train_cfg: dict | None, repo_id: str) 
                   f"| {100 * metrics.get('mAcc', float('nan')):.2f} |", "",
                   f"Test pipeline: {cfg.test.mode}, crop {cfg.test.crop}, stride {cfg.test.stride}, "
                   f"short side {cfg.test.short_side}.", ""]
+    return lines
+
+
+def _detection_card(cfg, metrics: dict | None, repo_id: str) -> list[str]:
+    lines = [f"DenseCLIP {cfg.detector} `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
+             f"{'language-guided' if cfg.use_text else 'CLIP baseline'}), a torchvision detector trained with "
+             "the `denseclip` training script (DenseCLIP, Rao et al., CVPR 2022).", "",
+             "```python", "from denseclip.detection import load_detector, detect",
+             f'model = load_detector("{repo_id}")', 'r = detect(model, "photo.jpg")  # r.boxes, r.names, r.scores',
+             "```", ""]
+    if metrics:
+        kinds = [k for k in ("bbox", "segm") if f"{k}_AP" in metrics]
+        cols = [f"{'box' if k == 'bbox' else 'mask'} {m}" for k in kinds for m in ("AP", "AP50", "AP75")]
+        values = [metrics.get(f"{k}_{m}", float("nan")) for k in kinds for m in ("AP", "AP50", "AP75")]
+        lines += ["## Validation (COCO)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols),
+                  "| " + " | ".join(f"{100 * v:.1f}" for v in values) + " |", "",
+                  f"Test: short side {cfg.min_size}, long side at most {cfg.max_size}.", ""]
+    return lines
+
+
+def model_card(cfg, metrics: dict | None, train_cfg: dict | None, repo_id: str) -> str:
+    """A README.md for the Hub: what the model is, how to load it, its validation numbers (mIoU for a
+    segmentor, box/mask AP for a detector: the task follows from `cfg`), its training recipe."""
+    detection = is_detection(cfg)
+    lines = ["---", "library_name: denseclip", "tags:", "- object-detection" if detection else "- semantic-segmentation",
+             "- denseclip", "- clip", "license: apache-2.0", "---", "", f"# {repo_id.split('/')[-1]}", ""]
+    lines += (_detection_card if detection else _segmentation_card)(cfg, metrics, repo_id)
     if train_cfg:
         keys = ("max_iters", "total_batch", "lr", "weight_decay", "backbone_lr_mult", "warmup_iters", "amp")
+        if train_cfg.get("schedule") == "step":
+            keys += ("lr_steps", "lr_gamma")
         lines += ["## Training", "", ", ".join(f"{k}={train_cfg[k]}" for k in keys if k in train_cfg), ""]
     lines += ["Classes: " + ", ".join(cfg.class_names), ""]
     return "\n".join(lines)

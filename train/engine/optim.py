@@ -4,6 +4,8 @@ The schedule is a pure function of the iteration (nothing to save or restore): e
 `lr_at(it, group["initial_lr"])`, set before each optimizer step.
 
     poly (mmcv PolyLrUpdaterHook):  lr = (base - min_lr) * (1 - it / max_iters) ** power + min_lr
+    step (mmcv StepLrUpdaterHook):  lr = base * lr_gamma ** (number of lr_steps <= it)
+    constant:                       lr = base
     linear warm-up (mmcv):          lr *= 1 - (1 - warmup_ratio) * (1 - it / warmup_iters)   for it < warmup
 """
 
@@ -37,6 +39,8 @@ def lr_at(it: int, base_lr: float, cfg: TrainConfig) -> float:
     if cfg.schedule == "poly":
         coeff = (1.0 - min(it, cfg.max_iters) / cfg.max_iters) ** cfg.poly_power
         lr = (base_lr - cfg.min_lr) * coeff + cfg.min_lr
+    elif cfg.schedule == "step":
+        lr = base_lr * cfg.lr_gamma ** sum(it >= s for s in cfg.lr_steps)
     else:
         lr = base_lr
     if cfg.warmup_iters > 0 and it < cfg.warmup_iters:

@@ -97,12 +97,17 @@ class StreamDataset(Dataset):
         return self.transform(sample["image"], sample["label"], rng)
 
 
-def build_train_loader(dataset, transform: Callable, seed: int, total_batch: int, batch_size: int,
-                       world_size: int, rank: int, start_iter: int, max_iters: int, workers: int,
-                       pin_memory: bool) -> DataLoader:
-    """A DataLoader yielding (images (b, 3, c, c), labels (b, c, c)) micro-batches from `start_iter` on."""
-    sampler = InfiniteSampler(total_batch, batch_size, world_size, rank, start_iter, max_iters)
-    stream = StreamDataset(dataset, transform, seed)
-    return DataLoader(stream, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      drop_last=False, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed))
+def build_train_loader(dataset, transform: Callable, cfg, env, start_iter: int,
+                       collate_fn: Callable | None = None) -> DataLoader:
+    """This rank's micro-batches from iteration `start_iter` to cfg.max_iters (cfg: a TrainConfig).
+
+    dataset[i] -> {"image": ..., "label": ...} (raw); transform(image, label, rng) -> one sample;
+    collate_fn: how samples become a batch (default: stacked tensors, e.g. images (b, 3, c, c) and
+    labels (b, c, c); detection passes one that keeps lists of differently sized images and targets).
+    """
+    sampler = InfiniteSampler(cfg.total_batch, cfg.batch_size, env.world_size, env.rank, start_iter, cfg.max_iters)
+    stream = StreamDataset(dataset, transform, cfg.seed)
+    return DataLoader(stream, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      collate_fn=collate_fn, pin_memory=env.device.type == "cuda", drop_last=False,
+                      persistent_workers=False, prefetch_factor=4 if cfg.workers > 0 else None,
+                      generator=torch.Generator().manual_seed(cfg.seed))

@@ -1,0 +1,67 @@
+"""The command-line flags the training and evaluation scripts share; each script adds its own.
+
+    python train/train_seg.py --config C.yaml [--work-dir D] [--resume [PATH]] [--push-to-hub REPO] ...
+    python train/eval_seg.py --checkpoint CKPT [--config C.yaml] [--out metrics.json] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _parser(doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+
+
+def train_parser(doc: str, sections: tuple[str, ...], validate_help: str) -> argparse.ArgumentParser:
+    """--config, --work-dir, --resume, --push-to-hub, --skip-validate, --device, --no-progress, --stop-at."""
+    p = _parser(doc)
+    p.add_argument("--config", required=True, help=f"YAML with {', '.join(s + ':' for s in sections)} sections")
+    p.add_argument("--work-dir", help="checkpoints, logs, metrics (default: work_dirs/<config name>)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the latest checkpoint in the work dir (no value), or from PATH")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the final model + model card to this Hub repo")
+    p.add_argument("--skip-validate", action="store_true", help=validate_help)
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
+    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration (kill test)
+    return p
+
+
+def work_dir_of(args: argparse.Namespace) -> Path:
+    """--work-dir, or work_dirs/<config file name without .yaml>."""
+    return Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+
+
+def eval_parser(doc: str, checkpoint_help: str, config_help: str, validate_help: str) -> argparse.ArgumentParser:
+    """--checkpoint, --config, --max-images, --workers, --device, --out, --skip-validate."""
+    p = _parser(doc)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--max-images", type=int, help="evaluate the first N images only (quick checks)")
+    p.add_argument("--workers", type=int, default=2, help="dataloader workers")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out", help="metrics JSON path (default: metrics.json next to the checkpoint)")
+    p.add_argument("--skip-validate", action="store_true", help=validate_help)
+    return p
+
+
+def metrics_path(checkpoint: str, out: str | None) -> Path:
+    """--out, or metrics.json in the checkpoint folder (beside a checkpoint file; here for a Hub repo id)."""
+    if out:
+        return Path(out)
+    ckpt = Path(checkpoint)
+    return (ckpt if ckpt.is_dir() else ckpt.parent if ckpt.exists() else Path(".")) / "metrics.json"
+
+
+def report_metrics(metrics: dict, checkpoint: str, out: str | None, text: str) -> Path:
+    """An evaluation's end: metrics.json at metrics_path(checkpoint, out), `text` and the path printed."""
+    from .logger import write_json
+
+    path = metrics_path(checkpoint, out)
+    write_json(path, metrics)
+    print(text, flush=True)
+    print(f"metrics written to {path}", flush=True)
+    return path
