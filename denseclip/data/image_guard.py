@@ -11,20 +11,17 @@ result. A server that decodes uploads reads the header first:
 
 from __future__ import annotations
 
-import threading
-import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .transforms import MAX_DECODE_PIXELS
+from .transforms import MAX_DECODE_PIXELS, decode_limits
 
 __all__ = ["ImageFileError", "image_header", "check_image_file", "DOWNSCALED_ON_DECODE"]
 
 # Formats whose decoder reduces the image while decoding (load_image's draft mode): no full-size pixels.
 DOWNSCALED_ON_DECODE = ("JPEG", "MPO")
 
-_PIL_LOCK = threading.Lock()  # PIL's decompression-bomb limit is a global; change it under a lock
 
 
 class ImageFileError(ValueError):
@@ -40,20 +37,16 @@ def image_header(path: str | Path) -> tuple[str, tuple[int, int]]:
     path = Path(path)
     if path.stat().st_size == 0:
         raise ImageFileError("The image file is empty (0 bytes).")
-    with _PIL_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
+    with decode_limits():
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as im:
-                    w, h = int(im.width), int(im.height)
-                    try:
-                        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: shown rotated by 90 degrees
-                            w, h = h, w
-                    except Exception:  # a broken EXIF block is load_image's business, not ours
-                        pass
-                    return str(im.format), (w, h)
+            with Image.open(path) as im:
+                w, h = int(im.width), int(im.height)
+                try:
+                    if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: shown rotated by 90 degrees
+                        w, h = h, w
+                except Exception:  # a broken EXIF block is load_image's business, not ours
+                    pass
+                return str(im.format), (w, h)
         except UnidentifiedImageError:
             raise ImageFileError("This file is not an image, or its format is not supported "
                                  "(use JPEG, PNG, WebP, BMP, GIF or TIFF).") from None
@@ -62,8 +55,6 @@ def image_header(path: str | Path) -> tuple[str, tuple[int, int]]:
                                  "decoded safely; downscale it first.") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageFileError(f"The image file is corrupt or truncated ({e}).") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
 
 
 def check_image_file(path: str | Path, max_pixels: int) -> tuple[str, tuple[int, int]]:

@@ -6,7 +6,9 @@ RGB uint8 array, or raises an error that says what was wrong with it.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,20 @@ from ..config import CLIP_MEAN, CLIP_STD
 
 # Largest image we decode at all (pixels). Bigger files are refused before decoding (decompression bombs).
 MAX_DECODE_PIXELS = 40000 * 40000
+_PIL_LOCK = threading.Lock()  # PIL's pixel limit is a global: change it under a lock (servers decode in threads)
+
+
+@contextmanager
+def decode_limits():
+    """PIL's decompression-bomb limit set to MAX_DECODE_PIXELS (its warning silenced) for this block."""
+    with _PIL_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def _pil_to_rgb(img: Image.Image) -> Image.Image:
@@ -80,17 +96,11 @@ def load_image(image, max_side: int | None = None) -> np.ndarray:
         if path.stat().st_size == 0:
             raise ValueError(f"image file is empty (0 bytes): {path}")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                old = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = MAX_DECODE_PIXELS
-                try:
-                    img = Image.open(path)
-                    if max_side and img.format == "JPEG" and max(img.size) > max_side:
-                        img.draft("RGB", (max_side, max_side))
-                    img.load()
-                finally:
-                    Image.MAX_IMAGE_PIXELS = old
+            with decode_limits():
+                img = Image.open(path)
+                if max_side and img.format == "JPEG" and max(img.size) > max_side:
+                    img.draft("RGB", (max_side, max_side))
+                img.load()
         except UnidentifiedImageError as e:
             raise ValueError(f"not an image file (or an unsupported format): {path}") from e
         except Image.DecompressionBombError as e:
@@ -134,7 +144,10 @@ def keep_ratio_size(h: int, w: int, short_side: int, max_long_side: int) -> tupl
 
 def to_image_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 255]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    rgb = np.ascontiguousarray(rgb)
+    if not rgb.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only memory
+        rgb = rgb.copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
 
 
 def normalize_image(x: torch.Tensor) -> torch.Tensor:
