@@ -8,6 +8,7 @@
 
 from .config import DenseCLIPConfig, TestConfig, get_preset, list_presets
 from .encoders import CLIPResNetEncoder, CLIPViTEncoder, EncoderOutput, TimmEncoder
+from .evaluation import evaluate
 from .inference import SegmentationResult, predict, slide_windows
 from .prompting import ContextDecoder, ContextTextEncoder, PreModelPrompter, tokenize_class_names
 from .segmentor import DenseCLIP, build_model, score_maps
@@ -33,7 +34,7 @@ def __getattr__(name: str):
 __all__ = [
     "DenseCLIPConfig", "TestConfig", "get_preset", "list_presets",
     "CLIPResNetEncoder", "CLIPViTEncoder", "EncoderOutput", "TimmEncoder",
-    "SegmentationResult", "predict", "slide_windows",
+    "SegmentationResult", "predict", "slide_windows", "evaluate",
     "ContextDecoder", "ContextTextEncoder", "PreModelPrompter", "tokenize_class_names",
     "DenseCLIP", "build_model", "score_maps",
     "WeightsUnavailableError", "create_clip", "load_checkpoint", "save_checkpoint",

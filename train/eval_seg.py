@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine import (  # noqa: E402
-    DistEnv,
     dataclass_from_dict,
     distributed_session,
     eval_parser,
@@ -33,52 +30,10 @@ from engine import (  # noqa: E402
 from seg_data import DataConfig, build_dataset  # noqa: E402
 
 import denseclip  # noqa: E402
-from denseclip.metrics import SegMetric, format_table  # noqa: E402
+from denseclip.evaluation import evaluate  # noqa: E402
+from denseclip.metrics import format_table  # noqa: E402
 
 AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-def _identity(x):
-    return x
-
-
-@torch.no_grad()
-def evaluate(model, dataset, test: denseclip.TestConfig | None = None, env: DistEnv | None = None,
-             amp_dtype: torch.dtype | None = None, max_images: int | None = None, workers: int = 2,
-             progress: bool = True) -> dict:
-    """Metrics of `model` on `dataset` (raw samples), each rank taking every world_size-th image.
-
-    Predictions are made at the test size and resized to the label's original size, as mmseg does.
-    Returns SegMetric.compute() plus num_images, seconds and the test pipeline used.
-    """
-    env = env or DistEnv()
-    test = test or model.cfg.test
-    if dataset.num_classes != model.cfg.num_classes:
-        raise ValueError(f"the model has {model.cfg.num_classes} classes, the dataset {dataset.num_classes}")
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    indices = list(range(env.rank, n, env.world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_identity)
-    metric = SegMetric(model.cfg.num_classes, ignore_index=dataset.ignore_index, class_names=model.cfg.class_names)
-    bar = None
-    if progress and env.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-    t0 = time.perf_counter()
-    for sample in loader:
-        r = denseclip.predict(model, sample["image"], mode=test.mode, crop=test.crop, stride=test.stride,
-                              scales=test.scales, flip=test.flip, short_side=test.short_side,
-                              max_long_side=test.max_long_side, return_probs=False, amp_dtype=amp_dtype)
-        metric.update(r.labels, torch.as_tensor(sample["label"]))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    metric.all_reduce()
-    results = metric.compute()
-    results.update(num_images=n, seconds=time.perf_counter() - t0,
-                   test={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(test).items()})
-    return results
 
 
 def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
@@ -124,7 +79,8 @@ def main(argv=None) -> dict:
         model = denseclip.load_checkpoint(args.checkpoint, device=env.device)
         test = test_config(model.cfg.test, args)
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-        results = evaluate(model, dataset, test, env, amp, args.max_images, args.workers)
+        results = evaluate(model, dataset, test, rank=env.rank, world_size=env.world_size, amp_dtype=amp,
+                           max_images=args.max_images, workers=args.workers)
         results.update(checkpoint=str(args.checkpoint), dataset=dataset.name, split=split)
         if env.is_main:
             report_metrics(results, args.checkpoint, args.out, format_table(results))

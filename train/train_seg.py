@@ -41,10 +41,10 @@ from engine import (  # noqa: E402
     train_parser,
     work_dir_of,
 )
-from eval_seg import evaluate  # noqa: E402
 from seg_data import DataConfig, build_dataset, build_train_transform, resolve_class_names  # noqa: E402
 
 import denseclip  # noqa: E402
+from denseclip.evaluation import evaluate  # noqa: E402
 
 SECTIONS = ("model", "data", "train")
 
@@ -94,8 +94,9 @@ def _evaluate(run, val_ds, it: int) -> dict:
     model, tcfg, log = run.model, run.cfg, run.log
     broadcast_buffers(model, run.env)  # evaluate rank 0's BN statistics (the checkpoint's) on every rank
     model.eval()
-    results = evaluate(model, val_ds, model.cfg.test, run.env, run.amp.dtype, tcfg.eval_max_images,
-                       workers=min(tcfg.workers, 2), progress=False)
+    results = evaluate(model, val_ds, model.cfg.test, rank=run.env.rank, world_size=run.env.world_size,
+                       amp_dtype=run.amp.dtype, max_images=tcfg.eval_max_images, workers=min(tcfg.workers, 2),
+                       progress=False)
     model.train()
     log.scalars(it, {k: 100 * results[k] for k in ("mIoU", "mAcc", "aAcc")}, prefix="val")
     log.info(f"iter {it}: mIoU {100 * results['mIoU']:.2f}  mAcc {100 * results['mAcc']:.2f}  "

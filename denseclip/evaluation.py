@@ -1,0 +1,62 @@
+"""Evaluate a segmentation model on a dataset: mIoU, mAcc, aAcc and per-class IoU (mmseg's definitions).
+
+    results = denseclip.evaluate(model, denseclip.data.ADE20KDataset("data/ade", "validation"))
+    print(results["mIoU"], denseclip.metrics.format_table(results))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .config import TestConfig
+from .inference import predict
+from .metrics import SegMetric
+
+
+def _identity(x):
+    return x
+
+
+@torch.no_grad()
+def evaluate(model, dataset, test: TestConfig | None = None, *, rank: int = 0, world_size: int = 1,
+             amp_dtype: torch.dtype | None = None, max_images: int | None = None, workers: int = 0,
+             progress: bool = True) -> dict:
+    """Metrics of `model` on `dataset` (raw samples {"image", "label"}, as denseclip.data datasets give).
+
+    Predictions follow `test` (default: the model's test pipeline) and are made at the label's original
+    size, as mmseg does. With several processes each rank takes every world_size-th image and the
+    counts are summed over torch.distributed (if initialised). Returns SegMetric.compute() plus
+    num_images, seconds and the test pipeline used.
+    """
+    test = test or model.cfg.test
+    if dataset.num_classes != model.cfg.num_classes:
+        raise ValueError(f"the model has {model.cfg.num_classes} classes, the dataset {dataset.num_classes}")
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    indices = list(range(rank, n, world_size))
+    loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_identity)
+    metric = SegMetric(model.cfg.num_classes, ignore_index=dataset.ignore_index, class_names=model.cfg.class_names)
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    t0 = time.perf_counter()
+    for sample in loader:
+        r = predict(model, sample["image"], mode=test.mode, crop=test.crop, stride=test.stride, scales=test.scales,
+                    flip=test.flip, short_side=test.short_side, max_long_side=test.max_long_side,
+                    return_probs=False, amp_dtype=amp_dtype)
+        metric.update(r.labels, torch.as_tensor(sample["label"]))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    metric.all_reduce()
+    results = metric.compute()
+    results.update(num_images=n, seconds=time.perf_counter() - t0,
+                   test={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(test).items()})
+    return results
