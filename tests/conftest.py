@@ -47,3 +47,29 @@ def randomize_bn(module: torch.nn.Module, generator: torch.Generator | None = No
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5, generator=generator)
                     m.bias.normal_(0, 0.1, generator=generator)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for tiny models: they gain nothing from more, and shared CI cores stay responsive."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def load_app():
+    """app.py as the module `app` (the repo root is not necessarily on sys.path)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    mod = sys.modules.get("app")
+    if mod is not None and Path(mod.__file__).resolve() == root / "app.py":
+        return mod
+    spec = importlib.util.spec_from_file_location("app", root / "app.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = mod
+    spec.loader.exec_module(mod)
+    return mod

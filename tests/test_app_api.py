@@ -7,13 +7,11 @@ message, and the next good request must still work.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import socket
 import struct
-import sys
 import tempfile
 import time
 import zlib
@@ -27,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import load_app
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,16 +33,6 @@ EXAMPLE = ROOT / "examples" / "city_street.jpg"
 CLASSES = "sky, building, road, car, person"
 
 
-def load_app():
-    """app.py as the module `app` (the repo root is not necessarily on sys.path)."""
-    mod = sys.modules.get("app")
-    if mod is not None and Path(mod.__file__).resolve() == ROOT / "app.py":
-        return mod
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def free_port() -> int:

@@ -8,11 +8,9 @@ DENSECLIP_SCREENSHOT_DIR when that is set).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+from conftest import load_app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "city_street.jpg"
@@ -56,15 +55,6 @@ def require_browser():
     return sync_playwright, path
 
 
-def load_app():
-    mod = sys.modules.get("app")
-    if mod is not None and Path(mod.__file__).resolve() == ROOT / "app.py":
-        return mod
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from denseclip.detection import (
 TINY = ["denseclip-retinanet-tiny", "denseclip-maskrcnn-tiny", "retinanet-clip-tiny", "maskrcnn-clip-tiny"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: one thread is faster, and much faster when other processes share the 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (0.1, 0.2, 0.9)}

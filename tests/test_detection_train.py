@@ -23,12 +23,7 @@ RETINANET = str(ROOT / "train/configs/det_tiny_synthetic.yaml")
 MASKRCNN = str(ROOT / "train/configs/det_tiny_synthetic_maskrcnn.yaml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(config: str, work: Path, data: Path, *extra: str) -> dict:

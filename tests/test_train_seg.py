@@ -36,13 +36,7 @@ SHORT = ["--config", TINY, "--no-progress", "--train.max_iters", "12", "--train.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and shared CI cores stay responsive."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(work: Path, sub: str = "final") -> dict[str, torch.Tensor]:
