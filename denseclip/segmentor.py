@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import DenseCLIPConfig
 from .decoders import FPN, FPNHead
-from .encoders import CLIPViTEncoder, TimmEncoder, encoder_from_clip
+from .encoders import TimmEncoder, encoder_from_clip
 from .optim import param_groups
 from .prompting import LanguageGuidance
 from .vocab import clean_class_names
@@ -67,10 +67,9 @@ class DenseCLIP(LanguageGuidance):
         if cfg.backbone == "clip":
             if clip_model is None:
                 raise ValueError("a CLIP backbone needs the open_clip model (build with denseclip.build_model)")
-            self.backbone = encoder_from_clip(
+            self.backbone = encoder_from_clip(  # the ViT options are ignored for a ResNet tower
                 clip_model.visual, cfg.input_resolution, out_indices=cfg.vit_out_indices,
-                official_cls=cfg.vit_official_cls, drop_path_rate=cfg.drop_path_rate) \
-                if cfg.is_vit else encoder_from_clip(clip_model.visual, cfg.input_resolution)
+                official_cls=cfg.vit_official_cls, drop_path_rate=cfg.drop_path_rate)
             embed_dim = self.backbone.embed_dim if cfg.use_text else None
         else:
             text_dim = clip_model.text_projection.shape[-1] if (cfg.use_text and clip_model is not None) else None
@@ -172,10 +171,6 @@ class DenseCLIP(LanguageGuidance):
         return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"
 
 
-def is_vit_encoder(model: DenseCLIP) -> bool:
-    return isinstance(model.backbone, CLIPViTEncoder)
-
-
 def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k", pretrained: bool | str | None = True,
                 class_names: Sequence[str] | None = None, **overrides) -> DenseCLIP:
     """Build a DenseCLIP model from a preset name or a DenseCLIPConfig (in train mode, on CPU).
@@ -185,12 +180,10 @@ def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k
     open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
     """
     from .config import get_preset, resolve_config
-    from .weights import create_clip
+    from .weights import clip_for
 
     cfg = resolve_config(preset_or_config, get_preset, class_names, **overrides)
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     if not pretrained and cfg.backbone != "clip":
         cfg = cfg.replace(backbone_pretrained=False)
-    clip_model = create_clip(cfg.clip_model, tag, cfg.clip_arch, cfg.quick_gelu) \
-        if (cfg.backbone == "clip" or cfg.use_text) else None
-    return DenseCLIP(cfg, clip_model).train()
+    return DenseCLIP(cfg, clip_for(cfg, tag)).train()

@@ -266,7 +266,7 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
         cfg = config_from_official(state, meta, base=_as_config(preset) if preset is not None else None)
     if class_names is not None:
         cfg = cfg.replace(class_names=tuple(class_names))
-    model = DenseCLIP(cfg, _clip_for(cfg))
+    model = DenseCLIP(cfg, clip_for(cfg))
     load_state_checked(model, state, str(path))
     return model.to(device).eval()
 
@@ -277,11 +277,12 @@ def _as_config(preset: str | DenseCLIPConfig) -> DenseCLIPConfig:
     return get_preset(preset) if isinstance(preset, str) else preset
 
 
-def _clip_for(cfg: DenseCLIPConfig) -> nn.Module | None:
-    """The open_clip skeleton (random weights) whose tensors a checkpoint will overwrite."""
+def clip_for(cfg: DenseCLIPConfig, pretrained: str | None = None) -> nn.Module | None:
+    """The open_clip model a DenseCLIP config needs (None when it uses neither CLIP tower): with the
+    `pretrained` weights, or a random skeleton whose tensors a checkpoint will overwrite."""
     if cfg.backbone != "clip" and not cfg.use_text:
         return None
-    return create_clip(cfg.clip_model, None, cfg.clip_arch, cfg.quick_gelu)
+    return create_clip(cfg.clip_model, pretrained, cfg.clip_arch, cfg.quick_gelu)
 
 
 # Tensors of the authors' checkpoints that our model has no use for (mmseg's unused identity-head classifier).

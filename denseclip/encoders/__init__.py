@@ -10,12 +10,14 @@ __all__ = ["EncoderOutput", "resize_pos_embed", "CLIPResNetEncoder", "CLIPViTEnc
 
 
 def encoder_from_clip(visual, input_resolution=None, **vit_kwargs):
-    """Wrap an open_clip image tower (`clip_model.visual`) as the matching dense encoder."""
+    """Wrap an open_clip image tower (`clip_model.visual`) as the matching dense encoder.
+
+    `vit_kwargs` (out_indices, official_cls, with_necks, drop_path_rate) apply to ViT towers only."""
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
     if isinstance(visual, ModifiedResNet):
-        return CLIPResNetEncoder(visual, input_resolution)
+        return CLIPResNetEncoder(visual, input_resolution)  # vit_kwargs do not apply
     if isinstance(visual, VisionTransformer):
         return CLIPViTEncoder(visual, input_resolution, **vit_kwargs)
     raise TypeError(f"unsupported open_clip image tower {type(visual).__name__}: "
