@@ -2,25 +2,30 @@
 
     import denseclip
     model = denseclip.build_model("denseclip-rn50-ade20k")            # preset name or DenseCLIPConfig
-    model = denseclip.load_checkpoint("run/model.safetensors")          # ours, a Hub repo, or the authors' .pth
-    r = denseclip.predict(model, "photo.jpg", mode="slide")             # r.labels (H, W), r.probs (K, H, W)
+    model = denseclip.load_checkpoint("run/final")                     # ours, a Hub repo, or the authors' .pth
+    r = denseclip.predict(model, "photo.jpg")                          # r.labels (H, W), r.probs (K, H, W)
+    zs = denseclip.ZeroShotSegmenter.from_pretrained("ViT-B-16")       # training-free maps for any names
+    det = denseclip.load_detector("run/final"); r = denseclip.detect(det, "photo.jpg")
 """
 
-from .config import DenseCLIPConfig, TestConfig, get_preset, list_presets
+from .checkpoints import save_checkpoint
+from .clip import create_clip
+from .config import DenseCLIPConfig, DetectionConfig, PromptConfig, TestConfig, get_preset, list_presets
 from .encoders import CLIPResNetEncoder, CLIPViTEncoder, EncoderOutput, TimmEncoder
 from .evaluation import evaluate
-from .inference import SegmentationResult, predict, slide_windows
-from .prompting import ContextDecoder, ContextTextEncoder, PreModelPrompter, tokenize_class_names
-from .segmentor import DenseCLIP, build_model, score_maps
-from .weights import WeightsUnavailableError, create_clip, load_checkpoint, save_checkpoint
+from .hub import WeightsUnavailableError
+from .inference import SegmentationResult, predict
+from .ops import score_maps
+from .prompting import ContextDecoder, ContextPrompting, ContextTextEncoder, tokenize_class_names
+from .segmentor import DenseCLIP, build_model, load_checkpoint
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Imported on first use: zero-shot pulls in open_clip's tokenizer, detection pulls in torchvision (~4 s).
 _LAZY = {
-    "ZeroShotSegmenter": "zeroshot", "ZeroShotResult": "zeroshot", "BACKGROUND": "zeroshot",
+    "ZeroShotSegmenter": "zeroshot", "ZeroShotResult": "zeroshot",
     "detect": "detection", "build_detector": "detection", "load_detector": "detection",
-    "DetectionConfig": "detection", "DetectionResult": "detection", "DenseCLIPDetector": "detection",
+    "DetectionResult": "detection", "DenseCLIPDetector": "detection",
 }
 
 
@@ -31,12 +36,11 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'denseclip' has no attribute {name!r}")
 
+
 __all__ = [
-    "DenseCLIPConfig", "TestConfig", "get_preset", "list_presets",
-    "CLIPResNetEncoder", "CLIPViTEncoder", "EncoderOutput", "TimmEncoder",
-    "SegmentationResult", "predict", "slide_windows", "evaluate",
-    "ContextDecoder", "ContextTextEncoder", "PreModelPrompter", "tokenize_class_names",
-    "DenseCLIP", "build_model", "score_maps",
-    "WeightsUnavailableError", "create_clip", "load_checkpoint", "save_checkpoint",
-    *_LAZY,
+    "save_checkpoint", "create_clip", "DenseCLIPConfig", "DetectionConfig", "PromptConfig", "TestConfig",
+    "get_preset", "list_presets", "CLIPResNetEncoder", "CLIPViTEncoder", "EncoderOutput", "TimmEncoder",
+    "evaluate", "WeightsUnavailableError", "SegmentationResult", "predict", "score_maps", "ContextDecoder",
+    "ContextPrompting", "ContextTextEncoder", "tokenize_class_names", "DenseCLIP", "build_model",
+    "load_checkpoint", *_LAZY,
 ]

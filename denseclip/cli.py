@@ -19,7 +19,7 @@ def _zero_shot(args):
 
     if args.tiny:
         from .config import TINY_RN_ARCH
-        from .weights import create_clip
+        from .clip import create_clip
 
         zs = ZeroShotSegmenter(create_clip("tiny", None, arch=TINY_RN_ARCH), "tiny", is_random=True)
     else:
@@ -31,7 +31,7 @@ def _zero_shot(args):
 
 def _checkpoint(args):
     from .inference import predict
-    from .weights import load_checkpoint
+    from .segmentor import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
     r = predict(model, args.image)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", help="save a score-map figure (PNG) here")
     args = p.parse_args(argv)
     from .vocab import DATASET_CLASSES, get_class_names
-    from .weights import WeightsUnavailableError
+    from .hub import WeightsUnavailableError
 
     try:
         if args.checkpoint:

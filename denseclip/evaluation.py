@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
@@ -47,9 +46,7 @@ def evaluate(model, dataset, test: TestConfig | None = None, *, rank: int = 0, w
         bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
     for sample in loader:
-        r = predict(model, sample["image"], mode=test.mode, crop=test.crop, stride=test.stride, scales=test.scales,
-                    flip=test.flip, short_side=test.short_side, max_long_side=test.max_long_side,
-                    return_probs=False, amp_dtype=amp_dtype)
+        r = predict(model, sample["image"], test, amp_dtype=amp_dtype, return_probs=False)
         metric.update(r.labels, torch.as_tensor(sample["label"]))
         if bar is not None:
             bar.update(1)
@@ -57,6 +54,5 @@ def evaluate(model, dataset, test: TestConfig | None = None, *, rank: int = 0, w
         bar.close()
     metric.all_reduce()
     results = metric.compute()
-    results.update(num_images=n, seconds=time.perf_counter() - t0,
-                   test={k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(test).items()})
+    results.update(num_images=n, seconds=time.perf_counter() - t0, test=test.to_dict())
     return results

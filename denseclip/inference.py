@@ -1,21 +1,24 @@
 """Prediction on whole images: resize like the authors' test pipeline, whole or sliding-window inference,
 multi-scale + flip, back to the original size.
 
-    r = denseclip.predict(model, "photo.jpg", mode="slide")
+    r = denseclip.predict(model, "photo.jpg")                                   # the model's test pipeline
+    r = denseclip.predict(model, "photo.jpg", test=TestConfig(mode="whole"))    # or any other
     r.labels  (H, W) class index per pixel      r.probs  (K, H, W) class probabilities
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TestConfig
 from .data.transforms import load_image, normalize_image, resize_keep_ratio, to_image_tensor
+from .metrics import class_coverage
 
 
 @dataclass
@@ -30,8 +33,7 @@ class SegmentationResult:
 
     def coverage(self) -> np.ndarray:
         """Fraction of pixels assigned to each class (K,)."""
-        counts = torch.bincount(self.labels.flatten(), minlength=len(self.class_names))
-        return (counts.float() / self.labels.numel()).numpy()
+        return class_coverage(self.labels, len(self.class_names))
 
 
 def slide_windows(h: int, w: int, crop: int | tuple[int, int], stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -52,52 +54,41 @@ def slide_windows(h: int, w: int, crop: int | tuple[int, int], stride: int | tup
     return boxes
 
 
-def _encode_decode(model, x: torch.Tensor) -> torch.Tensor:
-    """Logits resized to the input size: (B, K, H, W)."""
-    logits = model(x)
-    return F.interpolate(logits.float(), size=x.shape[2:], mode="bilinear", align_corners=False)
-
-
-def slide_logits(model, x: torch.Tensor, crop, stride, batch_size: int = 4) -> torch.Tensor:
-    """Sliding-window logits (B, K, H, W): crops through the model, summed, divided by the overlap count."""
+def slide(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop, stride, batch: int = 4) -> torch.Tensor:
+    """Sliding-window inference as mmseg's: fn(crops (N*B, 3, h, w)) -> maps (N*B, C, h, w) at the crops' size;
+    the windows' maps are summed into (B, C, H, W) and divided by the number of windows covering each pixel."""
     b, _, h, w = x.shape
     boxes = slide_windows(h, w, crop, stride)
-    preds, count = None, x.new_zeros((b, 1, h, w))
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
+    out, count = None, x.new_zeros((1, 1, h, w))
+    for i in range(0, len(boxes), batch):
+        chunk = boxes[i:i + batch]
         crops = torch.cat([x[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in chunk])  # all crops share one size
-        out = _encode_decode(model, crops).reshape(len(chunk), b, -1, crops.shape[2], crops.shape[3])
-        if preds is None:
-            preds = x.new_zeros((b, out.shape[2], h, w))
-        for (y1, y2, x1, x2), o in zip(chunk, out):
-            preds[:, :, y1:y2, x1:x2] += o
+        maps = fn(crops).float().unflatten(0, (len(chunk), b))
+        if out is None:
+            out = maps.new_zeros((b, maps.shape[2], h, w))
+        for (y1, y2, x1, x2), m in zip(chunk, maps):
+            out[:, :, y1:y2, x1:x2] += m
             count[:, :, y1:y2, x1:x2] += 1
-    return preds / count
+    return out / count
+
+
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    """The model's logits resized to the input size: (B, K, H, W)."""
+    return F.interpolate(model(x).float(), size=x.shape[2:], mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
-def predict(model, image, mode: str | None = None, crop: int | None = None, stride: int | None = None,
-            scales: Sequence[float] | None = None, flip: bool | None = None, short_side: int | None = None,
-            max_long_side: int | None = None, return_probs: bool = True, amp_dtype: torch.dtype | None = None,
-            window_batch: int = 4) -> SegmentationResult:
+def predict(model, image, test: TestConfig | None = None, *, amp_dtype: torch.dtype | None = None,
+            return_probs: bool = True) -> SegmentationResult:
     """Segment one image with a DenseCLIP model.
 
     image: a path, PIL image, numpy array (H, W[, C]) or tensor (C, H, W); any mode (grayscale, RGBA,
-    16-bit) is converted to RGB. Unset arguments come from `model.cfg.test` (the authors' pipeline:
-    short side 512, slide 512/341 for the ADE20K presets). mode "whole" runs the resized image at once;
-    "slide" runs crop x crop windows with the given stride. scales are ratios of the test size; flip adds
-    horizontally flipped predictions. Probabilities are averaged over scales/flips (mmseg's aug_test).
-    amp_dtype: e.g. torch.bfloat16 to run under autocast.
+    16-bit) is converted to RGB. test: the pipeline (default: the model's own, `model.cfg.test`: short
+    side 512, slide 512/341 for the ADE20K presets); probabilities are averaged over its scales and flips
+    (mmseg's aug_test). amp_dtype: e.g. torch.bfloat16 to run under autocast.
     """
     t0 = time.perf_counter()
-    cfg = model.cfg.test
-    mode = mode or cfg.mode
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    crop, stride = crop or cfg.crop, stride or cfg.stride
-    scales = tuple(scales) if scales is not None else tuple(cfg.scales)
-    flip = cfg.flip if flip is None else flip
-    short_side, max_long_side = short_side or cfg.short_side, max_long_side or cfg.max_long_side
+    test = test or model.cfg.test
     rgb = load_image(image)
     h0, w0 = rgb.shape[:2]
     device = next(model.parameters()).device
@@ -106,23 +97,20 @@ def predict(model, image, mode: str | None = None, crop: int | None = None, stri
     model.eval()
     probs = None
     try:
-        for s in scales:
-            x = resize_keep_ratio(x0, int(short_side * s), int(max_long_side * s))
-            x = normalize_image(x)
-            for flipped in ((False, True) if flip else (False,)):
+        for s in test.scales:
+            x = normalize_image(resize_keep_ratio(x0, int(test.short_side * s), int(test.max_long_side * s)))
+            for flipped in ((False, True) if test.flip else (False,)):
                 xi = x.flip(-1) if flipped else x
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = slide_logits(model, xi, crop, stride, window_batch) if mode == "slide" \
-                        else _encode_decode(model, xi)
+                    logits = slide(lambda crops: _logits(model, crops), xi, test.crop, test.stride, test.batch) \
+                        if test.mode == "slide" else _logits(model, xi)
                 logits = F.interpolate(logits.float(), size=(h0, w0), mode="bilinear", align_corners=False)
                 p = logits.softmax(dim=1)[0]
                 p = p.flip(-1) if flipped else p
                 probs = p if probs is None else probs + p
     finally:
         model.train(was_training)
-    n = len(scales) * (2 if flip else 1)
-    probs = probs / n
-    labels = probs.argmax(dim=0).cpu()
-    return SegmentationResult(labels=labels, probs=probs.cpu() if return_probs else None,
+    probs = probs / (len(test.scales) * (2 if test.flip else 1))
+    return SegmentationResult(labels=probs.argmax(dim=0).cpu(), probs=probs.cpu() if return_probs else None,
                               class_names=tuple(model.cfg.class_names), seconds=time.perf_counter() - t0,
-                              info={"mode": mode, "scales": scales, "flip": flip, "input_size": (h0, w0)})
+                              info={"test": test.to_dict(), "input_size": (h0, w0)})

@@ -1,8 +1,11 @@
-"""The DenseCLIP authors' released checkpoints (mmcv `.pth`): read safely, infer the architecture.
+"""The DenseCLIP authors' released checkpoints (mmcv `.pth`), translated to our models in one place.
 
-Their state dict already uses our names (`backbone.*`, `text_encoder.*`, `context_decoder.*`, `contexts`,
-`gamma`, `neck.*`, `decode_head.*`), so conversion is: read the tensors with weights_only=True, work out
-the config from their shapes, and load *every* tensor (the text encoder's too: it drifted in training).
+    cfg, state = load_official("denseclip_fpn_res50.pth")    # our config and our key names
+
+Reading uses weights_only=True (no pickled code); the architecture is worked out from the tensors'
+shapes; their key names (`backbone.*`, `text_encoder.*`, `context_decoder.*`, `contexts`, `gamma`,
+`neck.*`, `decode_head.*`) become ours (`encoder.visual.*`, `prompting.*`, `neck.*`, `head.*`) with
+one table, and *every* tensor is loaded (the text encoder's too: it drifted in their training).
 """
 
 from __future__ import annotations
@@ -12,8 +15,24 @@ from pathlib import Path
 
 import torch
 
-from .config import ADE_SLIDE_512, ADE_SLIDE_640, DenseCLIPConfig
+from .config import ADE_SLIDE_512, ADE_SLIDE_640, DenseCLIPConfig, PromptConfig
 from .vocab import ADE20K_CLASSES
+
+# The authors' segmentation key prefixes -> ours (first match wins).
+SEGMENTATION_KEYS = (
+    ("backbone.fpn", "encoder.fpn"),  # the ViT necks are ours, beside the intact open_clip tower
+    ("backbone.", "encoder.visual."),
+    ("text_encoder.", "prompting.text_encoder."),
+    ("context_decoder.", "prompting.context_decoder."),
+    ("contexts", "prompting.contexts"),
+    ("gamma", "prompting.gamma"),
+    ("decode_head.", "head."),
+    ("neck.", "neck."),
+)
+# Tensors we have no use for: mmseg's unused identity-head classifier; the embedding path of a CLIP+FPN
+# baseline (some of their baselines carry the attention pool / ln_post / proj without using them).
+UNUSED = ("identity_head.", "auxiliary_head.")
+UNUSED_WITHOUT_TEXT = ("backbone.attnpool.", "backbone.ln_post.", "backbone.proj")
 
 
 def read_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -62,7 +81,7 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
         raise ValueError("not a DenseCLIP/mmseg segmentation checkpoint: no decode_head.conv_seg.weight")
     num_classes, head_channels = state["decode_head.conv_seg.weight"].shape[:2]
     use_text = "text_encoder.token_embedding.weight" in state
-    text_cfg, embed_dim, extra = {}, None, {}
+    text_cfg, embed_dim, extra = {}, None, {"prompt": None}
     if use_text:
         tw = state["text_encoder.token_embedding.weight"].shape[1]
         text_cfg = {"context_length": 77, "vocab_size": state["text_encoder.token_embedding.weight"].shape[0],
@@ -72,9 +91,9 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
         m = state["contexts"].shape[1]
         budget = state["text_encoder.positional_embedding"].shape[0] - m
         dw = state["context_decoder.text_proj.1.weight"].shape[0]
-        extra = dict(num_contexts=m, class_token_budget=budget, decoder_width=dw, decoder_heads=max(dw // 64, 1),
-                     decoder_layers=_count(state, r"context_decoder\.decoder\.(\d+)\."),
-                     context_decoder=True)
+        extra = {"prompt": PromptConfig(
+            num_contexts=m, class_token_budget=budget, decoder_width=dw, decoder_heads=max(dw // 64, 1),
+            decoder_layers=_count(state, r"context_decoder\.decoder\.(\d+)\."), context_decoder=True)}
     if "backbone.layer1.0.conv1.weight" in state:  # CLIP ResNet
         layers = [_count(state, rf"backbone\.layer{i}\.(\d+)\.") for i in range(1, 5)]
         width = state["backbone.conv1.weight"].shape[0] * 2
@@ -117,6 +136,31 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
     return start.replace(
         name=f"official-{'denseclip' if use_text else 'fpn-clip'}-{name.lower()}", clip_model=name,
         clip_pretrained=None, clip_arch=arch, quick_gelu=True, backbone="clip", input_resolution=res,
-        vit_official_cls=True, class_names=tuple(names), use_text=use_text, score_concat_index=concat,
+        vit_official_cls=True, class_names=tuple(names), score_concat_index=concat,
         neck_channels=state["neck.fpn_convs.0.conv.weight"].shape[0], head_channels=head_channels,
         **extra)
+
+
+def translate(state: dict[str, torch.Tensor], use_text: bool) -> dict[str, torch.Tensor]:
+    """The authors' segmentation state dict under our key names (unused tensors dropped)."""
+    drop = UNUSED + (() if use_text else UNUSED_WITHOUT_TEXT)
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(drop):
+            continue
+        theirs, ours = next(((a, b) for a, b in SEGMENTATION_KEYS if key.startswith(a)), (None, None))
+        if theirs is None:
+            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP segmentation checkpoint")
+        out[ours + key[len(theirs):]] = tensor
+    return out
+
+
+def load_official(path: str | Path, base: DenseCLIPConfig | None = None,
+                  class_names: tuple[str, ...] | None = None) -> tuple[DenseCLIPConfig, dict[str, torch.Tensor]]:
+    """(config, state dict in our names) of an authors' segmentation checkpoint. `base` supplies what the
+    tensors cannot tell (test pipeline, ViT taps); `class_names` replace (or supply) meta["CLASSES"]."""
+    state, meta = read_official_checkpoint(path)
+    if class_names is not None:  # before inferring the config: a checkpoint may carry no names
+        meta = {**meta, "CLASSES": tuple(class_names)}
+    cfg = config_from_official(state, meta, base)
+    return cfg, translate(state, cfg.use_text)

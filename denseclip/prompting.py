@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .config import PromptConfig
+from .ops import attention
+from .vocab import clean_class_names
 
 
 @lru_cache(maxsize=1)
@@ -120,23 +123,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.last_attention: torch.Tensor | None = None  # (B, heads, N, M) when record_attention is on
-        self.record_attention = False
+        self.record_attention = False  # keep the weights (B, heads, N, M) in `last_attention` (figures)
+        self.last_attention: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, n, c = q.shape
-        m = k.shape[1]
-        h = self.num_heads
-        q = self.q_proj(q).reshape(b, n, h, c // h).transpose(1, 2)
-        k = self.k_proj(k).reshape(b, m, h, c // h).transpose(1, 2)
-        v = self.v_proj(v).reshape(b, m, h, c // h).transpose(1, 2)
-        if self.record_attention:  # for visualisation: what the text queries look at
-            attn = ((q @ k.transpose(-2, -1)) * (c // h) ** -0.5).softmax(dim=-1)
-            self.last_attention = attn.detach()
-            x = attn @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, c)))
+        x, weights = attention(self.q_proj(q), self.k_proj(k), self.v_proj(v), self.num_heads,
+                               need_weights=self.record_attention)
+        if weights is not None:
+            self.last_attention = weights.detach()
+        return self.proj_drop(self.proj(x))
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -218,24 +213,22 @@ class PreModelPrompter(nn.Module):
         return self.decoder(q, visual)
 
 
-class LanguageGuidance(nn.Module):
-    """The text side of DenseCLIP, shared by the segmentor and the detection backbone.
+class ContextPrompting(nn.Module):
+    """The text side of DenseCLIP, one module that the segmentor and the detection backbone receive.
 
-    Subclasses call `init_language_guidance(clip_model, embed_dim, cfg)` in `__init__`. It adds, with the
-    authors' top-level names: `text_encoder`, `contexts` (1, M, width), `gamma` (D,), `context_decoder`
-    (or None), `pre_prompter` (or None) and the non-persistent `texts` buffer (K, budget). `cfg` is any
-    config with the prompting fields of DenseCLIPConfig (class_names, num_contexts, class_token_budget,
-    context_init, decoder_*, gamma_init, freeze_text_encoder, context_decoder, pre_model_prompting).
+        t  = text_encoder([SOT][ctx_1..ctx_M][class tokens][EOT])    (K, D), cached in eval mode
+        t' = t + gamma * context_decoder(t, [z_global; z_dense])      (B, K, D)
+
+    Parameters: `text_encoder` (CLIP's text tower, frozen unless cfg.freeze_text_encoder is False),
+    `contexts` (1, M, width), `gamma` (D,), `context_decoder` (or None), `pre_prompter` (or None, the
+    pre-model ablation); the class tokens are the non-persistent buffer `texts` (K, budget).
     """
 
-    def init_language_guidance(self, clip_model: nn.Module, embed_dim: int, cfg) -> None:
-        from .vocab import clean_class_names
-
-        clean_class_names(cfg.class_names)  # clear errors for empty lists, blank or duplicate names
+    def __init__(self, clip_model: nn.Module, class_names: Sequence[str], cfg: PromptConfig):
+        super().__init__()
+        clean_class_names(class_names)  # clear errors for empty lists, blank or duplicate names
         self.text_encoder = ContextTextEncoder(clip_model, cfg.num_contexts, cfg.class_token_budget)
-        if self.text_encoder.embed_dim != embed_dim:
-            raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {self.text_encoder.embed_dim}")
-        width = self.text_encoder.width
+        width, dim = self.text_encoder.width, self.text_encoder.embed_dim
         self.contexts = nn.Parameter(torch.empty(1, cfg.num_contexts, width))
         if cfg.context_init:
             init = phrase_embeddings(self.text_encoder.token_embedding, cfg.context_init)
@@ -245,20 +238,31 @@ class LanguageGuidance(nn.Module):
             self.contexts.data.copy_(init[None])
         else:
             nn.init.trunc_normal_(self.contexts)  # the authors: trunc_normal_ with its defaults (std 1)
-        self.gamma = nn.Parameter(torch.full((embed_dim,), cfg.gamma_init))
-        decoder_args = (cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers)
-        self.context_decoder = ContextDecoder(*decoder_args, embed_dim, cfg.decoder_dropout) \
-            if getattr(cfg, "context_decoder", True) else None
-        self.pre_prompter = PreModelPrompter(cfg.num_contexts, embed_dim, width, *decoder_args, cfg.decoder_dropout) \
-            if getattr(cfg, "pre_model_prompting", False) else None
+        self.gamma = nn.Parameter(torch.full((dim,), cfg.gamma_init))
+        decoder = (cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers)
+        self.context_decoder = ContextDecoder(*decoder, dim, cfg.decoder_dropout) if cfg.context_decoder else None
+        self.pre_prompter = PreModelPrompter(cfg.num_contexts, dim, width, *decoder, cfg.decoder_dropout) \
+            if cfg.pre_model_prompting else None
         if cfg.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
-        self.register_buffer("texts", tokenize_class_names(cfg.class_names, cfg.class_token_budget), persistent=False)
+        self.register_buffer("texts", tokenize_class_names(class_names, cfg.class_token_budget), persistent=False)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    @property
+    def embed_dim(self) -> int:
+        return self.text_encoder.embed_dim
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Re-tokenize the class names (same count: heads have one output per class); clears the cache."""
+        class_names = clean_class_names(class_names)
+        if len(class_names) != self.texts.shape[0]:
+            raise ValueError(f"the model has {self.texts.shape[0]} classes; got {len(class_names)} names")
+        self.texts = tokenize_class_names(class_names, self.texts.shape[1]).to(self.texts.device)
+        self._text_cache = None
 
     def _text_cache_key(self) -> tuple:
         # Parameter._version grows with every in-place update (optimizer step, load_state_dict, copy_),
-        # so a changed text encoder or contexts invalidates the cache without hooks.
+        # so new weights invalidate the cache without hooks.
         versions = sum(p._version for p in self.text_encoder.parameters())
         c = self.contexts
         return (self.texts.data_ptr(), self.texts._version, c._version, c.data_ptr(), versions, c.device, c.dtype,
@@ -276,7 +280,7 @@ class LanguageGuidance(nn.Module):
     def clear_text_cache(self) -> None:
         self._text_cache = None
 
-    def guided_text_embeddings(self, global_embedding: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def forward(self, global_embedding: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """t' = t + gamma * context_decoder(t, [z_g; z]): (B, K, D) from global (B, D) and dense (B, D, h, w).
 
         With pre-model prompting the contexts themselves come from the image (text encoder per image)."""
@@ -292,14 +296,3 @@ class LanguageGuidance(nn.Module):
         if self.context_decoder is not None:
             text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
         return text
-
-    def set_texts(self, class_names) -> None:
-        """Re-tokenize the class names (same count: heads have one output per class); clears the cache."""
-        from .vocab import clean_class_names
-
-        class_names = tuple(class_names)
-        clean_class_names(class_names)
-        if len(class_names) != self.texts.shape[0]:
-            raise ValueError(f"the model has {self.texts.shape[0]} classes; got {len(class_names)} names")
-        self.texts = tokenize_class_names(class_names, self.texts.shape[1]).to(self.texts.device)
-        self._text_cache = None

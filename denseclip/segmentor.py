@@ -2,9 +2,8 @@
 
 Follow a tensor:
     images (B,3,H,W) -> encoder -> stage features C2..C5, dense z (B,D,h,w), global z_g (B,D)
-    t  = text_encoder(class tokens, contexts)                       (K, D)   cached in eval
-    t' = t + gamma * context_decoder(t, [z_g; z])                    (B, K, D)
-    S  = normalize(z) . normalize(t')^T                              (B, K, h, w)  score maps
+    t' = prompting(z_g, z) = t + gamma * context_decoder(t, [z_g; z])    (B, K, D)
+    S  = normalize(z) . normalize(t')^T                                    (B, K, h, w)  score maps
     features[score_concat_index] = cat(features[i], S) -> FPN -> FPN head -> logits (B, K, H/4, W/4)
     train: CE(logits, labels) + aux_loss_weight * CE(S / tau, labels)
 """
@@ -12,131 +11,81 @@ Follow a tensor:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DenseCLIPConfig
+from .checkpoints import HubMixin, checkpoint_file, load_state_checked, read_stored_config
+from .clip import clip_for
+from .config import DenseCLIPConfig, config_from_dict, resolve
 from .decoders import FPN, FPNHead
 from .encoders import TimmEncoder, encoder_from_clip
+from .ops import score_maps
 from .optim import param_groups
-from .prompting import LanguageGuidance
+from .prompting import ContextPrompting
 from .vocab import clean_class_names
 
 
-def check_images(images: torch.Tensor) -> None:
-    """Clear errors for inputs the model cannot take."""
-    if not torch.is_tensor(images) or images.ndim != 4:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}; "
-                         "use denseclip.predict() for PIL images or numpy arrays")
-    if images.shape[1] != 3:
-        raise ValueError(f"images must have 3 channels (RGB), got {images.shape[1]} in shape {tuple(images.shape)}")
-    if images.shape[2] < 32 or images.shape[3] < 32:
-        raise ValueError(f"images must be at least 32x32 pixels, got {tuple(images.shape[2:])}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or Inf values")
+class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip", "clip"]):
+    """DenseCLIP, or the CLIP+FPN baseline when `prompting` is None. Build it with `denseclip.build_model`.
 
-
-def score_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Pixel-text matching: cosine similarity of every pixel with every class.
-
-    dense (B, D, H, W), text (B, K, D) or (K, D) -> S (B, K, H, W) in [-1, 1].
-    """
-    dense = F.normalize(dense, dim=1)
-    text = F.normalize(text, dim=-1)
-    if text.ndim == 2:
-        return torch.einsum("bchw,kc->bkhw", dense, text)
-    return torch.einsum("bchw,bkc->bkhw", dense, text)
-
-
-class DenseCLIP(LanguageGuidance):
-    """DenseCLIP (or the CLIP+FPN baseline when `cfg.use_text` is False).
-
-    Submodule and parameter names match the authors' checkpoints: `backbone`, `text_encoder`,
-    `context_decoder`, `contexts` (1, M, width), `gamma` (D,), `neck`, `decode_head`.
-    Build it with `denseclip.build_model(preset_or_config)`.
+    encoder: images -> stage features (+ dense / global embeddings); prompting: the text side
+    (`ContextPrompting`) or None; neck: FPN over the stage features (the score maps concatenated onto
+    stage `cfg.score_concat_index`); head: the semantic-FPN head; cfg: the config that built them.
     """
 
-    def __init__(self, cfg: DenseCLIPConfig, clip_model: nn.Module | None):
+    def __init__(self, encoder: nn.Module, prompting: ContextPrompting | None, neck: FPN, head: FPNHead,
+                 cfg: DenseCLIPConfig):
         super().__init__()
-        self.cfg = cfg
-        k = cfg.num_classes
-        # --- visual encoder ---
-        if cfg.backbone == "clip":
-            if clip_model is None:
-                raise ValueError("a CLIP backbone needs the open_clip model (build with denseclip.build_model)")
-            self.backbone = encoder_from_clip(  # the ViT options are ignored for a ResNet tower
-                clip_model.visual, cfg.input_resolution, out_indices=cfg.vit_out_indices,
-                official_cls=cfg.vit_official_cls, drop_path_rate=cfg.drop_path_rate)
-            embed_dim = self.backbone.embed_dim if cfg.use_text else None
-        else:
-            text_dim = clip_model.text_projection.shape[-1] if (cfg.use_text and clip_model is not None) else None
-            self.backbone = TimmEncoder(cfg.backbone, text_dim, pretrained=cfg.backbone_pretrained)
-            embed_dim = text_dim
-        # --- text side ---
-        in_channels = list(self.backbone.feature_channels)
-        if cfg.use_text:
-            if clip_model is None:
-                raise ValueError("use_text=True needs the open_clip model for its text encoder")
-            self.init_language_guidance(clip_model, embed_dim, cfg)
-            if not 0 <= cfg.score_concat_index < len(in_channels):
-                raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(in_channels)})")
-            in_channels[cfg.score_concat_index] += k
-        else:
-            clean_class_names(cfg.class_names)
-        self.neck = FPN(in_channels, cfg.neck_channels)
-        self.decode_head = FPNHead([cfg.neck_channels] * 4, cfg.head_channels, k, self.backbone.feature_strides,
-                                   cfg.head_dropout)
+        self.encoder, self.prompting, self.neck, self.head, self.cfg = encoder, prompting, neck, head, cfg
 
-    # ------------------------------------------------------------------ text side
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.cfg.class_names)
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
-        """Rename the classes (same count: the head has one output per class). Invalidates the text cache."""
+        """Rename the classes (same count: the head has one output per class)."""
         class_names = tuple(class_names)
         clean_class_names(class_names)
         if len(class_names) != self.cfg.num_classes:
             raise ValueError(f"the model has {self.cfg.num_classes} classes; got {len(class_names)} names")
-        if self.cfg.use_text:
-            self.set_texts(class_names)
+        if self.prompting is not None:
+            self.prompting.set_class_names(class_names)
         self.cfg = self.cfg.replace(class_names=class_names)
 
-    # ------------------------------------------------------------------ forward
     def forward_dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, 3, H, W) -> {"logits": (B, K, H/4, W/4), "score_map": (B, K, H/32, W/32) or absent,
-        "text_embeddings": (B, K, D) t' or absent}."""
-        check_images(images)
-        enc = self.backbone(images)
+        """images (B, 3, H, W) -> {"logits": (B, K, H/4, W/4), and for DenseCLIP "score_map" (B, K, h, w)
+        and "text_embeddings" t' (B, K, D)}."""
+        enc = self.encoder(images)
         feats = list(enc.features)
         out: dict[str, torch.Tensor] = {}
-        if self.cfg.use_text:
-            text = self.guided_text_embeddings(enc.global_embedding, enc.dense)
+        if self.prompting is not None:
+            text = self.prompting(enc.global_embedding, enc.dense)
             s = score_maps(enc.dense, text)
             i = self.cfg.score_concat_index
             if s.shape[2:] != feats[i].shape[2:]:
-                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features {tuple(feats[i].shape[2:])} "
-                                 "differ in size; pick the stage at the embedding stride (score_concat_index)")
+                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features {tuple(feats[i].shape[2:])}"
+                                 " differ in size; pick the stage at the embedding stride (score_concat_index)")
             feats[i] = torch.cat([feats[i], s.to(feats[i].dtype)], dim=1)
-            out["score_map"] = s
-            out["text_embeddings"] = text
-        out["logits"] = self.decode_head(self.neck(feats))
+            out["score_map"], out["text_embeddings"] = s, text
+        out["logits"] = self.head(self.neck(feats))
         return out
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
         """Without labels: logits (B, K, H/4, W/4). With labels (B, H, W) (ignore = cfg.ignore_index):
         a dict of losses {"loss_seg", "loss_aux" (DenseCLIP only), "loss" (their sum)}."""
+        if images.ndim != 4 or images.shape[1] != 3:  # shapes only: no host sync on a training step
+            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {tuple(images.shape)}; "
+                             "use denseclip.predict() for files, PIL images or numpy arrays")
         out = self.forward_dense(images)
-        if labels is None:
-            return out["logits"]
-        return self.losses(out, labels)
+        return out["logits"] if labels is None else self.losses(out, labels)
 
     def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if labels.ndim == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
+        """CE of the logits (+ the auxiliary CE of the score maps / tau) against labels (B, H, W); labels out
+        of range raise in cross_entropy (the datasets check them before training)."""
+        labels = labels[:, 0] if labels.ndim == 4 and labels.shape[1] == 1 else labels
         if labels.ndim != 3:
             raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
         labels = labels.long()
@@ -148,42 +97,115 @@ class DenseCLIP(LanguageGuidance):
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """mmseg's decode-head loss: logits resized (bilinear) to the label size, CE with ignore_index."""
-        logits = F.interpolate(logits.float(), size=labels.shape[1:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         ignore = self.cfg.ignore_index
-        bad = (labels != ignore) & ((labels < 0) | (labels >= logits.shape[1]))
-        if bad.any():
-            raise ValueError(f"labels contain values outside [0, {logits.shape[1] - 1}] other than ignore={ignore}: "
-                             f"{torch.unique(labels[bad]).tolist()[:10]}")
         loss = F.cross_entropy(logits, labels, ignore_index=ignore, reduction="none")
         if self.cfg.loss_avg_non_ignore:
             return loss.sum() / (labels != ignore).sum().clamp(min=1)
         return loss.mean()  # mmseg 0.x: ignored pixels count in the denominator (as the authors trained)
 
-    # ------------------------------------------------------------------ parameter groups
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     text_encoder_lr_mult: float = 0.0, norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: backbone lr x0.1, text encoder lr x0 (frozen), no weight
-        decay on parameters whose names contain "norm" (outside those two, as mmcv), the rest at lr."""
-        return param_groups(self, lr, weight_decay, {"backbone.": backbone_lr_mult,
-                                                     "text_encoder.": text_encoder_lr_mult}, norm_decay)
+                     norm_decay: bool = False) -> list[dict]:
+        """AdamW groups as the authors' recipe: the encoder (and an unfrozen text encoder) at lr x0.1, no
+        weight decay on parameters whose names contain "norm" (outside those, as mmcv), the rest at lr."""
+        return param_groups(self, lr, weight_decay, {"encoder.": backbone_lr_mult,
+                                                     "prompting.text_encoder.": backbone_lr_mult}, norm_decay)
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"
 
+    @classmethod
+    def load_file(cls, path: Path) -> DenseCLIP:
+        return load_checkpoint(path)
+
+    def card_text(self, metrics: dict | None = None, repo_id: str = "user/repo") -> str:
+        cfg = self.cfg
+        kind = "context-aware prompting" if cfg.use_text else "the CLIP + FPN baseline"
+        lines = [f"# {repo_id.split('/')[-1]}", "",
+                 f"DenseCLIP segmentor `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, {kind}; "
+                 "DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
+                 f'model = denseclip.load_checkpoint("{repo_id}")', 'r = denseclip.predict(model, "photo.jpg")',
+                 "```", ""]
+        if metrics:
+            lines += ["## Validation", "", "| aAcc | mIoU | mAcc |", "| --- | --- | --- |",
+                      "| " + " | ".join(f"{100 * metrics.get(k, float('nan')):.2f}" for k in ("aAcc", "mIoU", "mAcc"))
+                      + " |", "", f"Test pipeline: {cfg.test.mode}, crop {cfg.test.crop}, stride {cfg.test.stride}, "
+                      f"short side {cfg.test.short_side}.", ""]
+        return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
+
 
 def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k", pretrained: bool | str | None = True,
-                class_names: Sequence[str] | None = None, **overrides) -> DenseCLIP:
+                class_names: Sequence[str] | None = None, **changes) -> DenseCLIP:
     """Build a DenseCLIP model from a preset name or a DenseCLIPConfig (in train mode, on CPU).
 
     pretrained=True loads the config's CLIP weights (`clip_pretrained`, e.g. OpenAI's) and, for timm
     backbones, timm's ImageNet weights; False/None builds random weights (tests, offline); a string is an
-    open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
+    open_clip tag or a local CLIP weights file. `class_names` and `changes` replace config fields.
     """
-    from .config import get_preset, resolve_config
-    from .weights import clip_for
-
-    cfg = resolve_config(preset_or_config, get_preset, class_names, **overrides)
+    cfg = resolve(preset_or_config, DenseCLIPConfig, class_names=class_names, **changes)
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     if not pretrained and cfg.backbone != "clip":
         cfg = cfg.replace(backbone_pretrained=False)
-    return DenseCLIP(cfg, clip_for(cfg, tag)).train()
+    return assemble(cfg, clip_for(cfg, tag)).train()
+
+
+def assemble(cfg: DenseCLIPConfig, clip_model: nn.Module | None) -> DenseCLIP:
+    """The parts a config describes, around a given open_clip model (its towers are adopted, not copied)."""
+    text = cfg.prompt is not None
+    if cfg.backbone == "clip":
+        encoder = encoder_from_clip(clip_model.visual, cfg.input_resolution, embeddings=text,
+                                    out_indices=cfg.vit_out_indices, official_cls=cfg.vit_official_cls,
+                                    drop_path_rate=cfg.drop_path_rate)  # the ViT options skip ResNets
+    else:
+        text_dim = clip_model.text_projection.shape[-1] if text else None
+        encoder = TimmEncoder(cfg.backbone, text_dim, pretrained=cfg.backbone_pretrained)
+    channels = list(encoder.feature_channels)
+    prompting = None
+    if text:
+        prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt)
+        if prompting.embed_dim != encoder.embed_dim:
+            raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim {prompting.embed_dim}")
+        if not 0 <= cfg.score_concat_index < len(channels):
+            raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(channels)})")
+        channels[cfg.score_concat_index] += cfg.num_classes
+    else:
+        clean_class_names(cfg.class_names)
+    neck = FPN(channels, cfg.neck_channels)
+    head = FPNHead([cfg.neck_channels] * 4, cfg.head_channels, cfg.num_classes, encoder.feature_strides,
+                   cfg.head_dropout)
+    return DenseCLIP(encoder, prompting, neck, head, cfg)
+
+
+def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | None = None,
+                    class_names: Sequence[str] | None = None, device: str | torch.device = "cpu") -> DenseCLIP:
+    """A DenseCLIP segmentor in eval mode from:
+
+    - our `.safetensors` file or a folder holding `model.safetensors` (+ `config.json`),
+    - a Hugging Face Hub repo id holding those files ("user/denseclip-rn50-ade20k"),
+    - the authors' released mmcv checkpoints (`.pth`, read with weights_only=True; the architecture is
+      read off the tensors, class names from meta["CLASSES"]).
+    `preset` gives the config when a file carries none; `class_names` overrides the stored names.
+    Detection checkpoints load with `denseclip.load_detector`.
+    """
+    from .official import load_official
+
+    path = checkpoint_file(path_or_repo)
+    base = resolve(preset, DenseCLIPConfig) if preset is not None else None
+    names = tuple(class_names) if class_names is not None else None
+    if path.suffix in (".pth", ".pt"):
+        cfg, state = load_official(path, base, names)
+    else:
+        from safetensors.torch import load_file
+
+        stored = read_stored_config(path)
+        if base is None and stored is None:
+            raise ValueError(f"{path} carries no config; pass preset='denseclip-rn50-ade20k' (or a config)")
+        cfg = base or config_from_dict(stored)
+        if not isinstance(cfg, DenseCLIPConfig):
+            raise ValueError(f"{path} is a {type(cfg).__name__} checkpoint: load it with denseclip.load_detector")
+        state = load_file(str(path))
+    if names is not None:
+        cfg = cfg.replace(class_names=names)
+    model = assemble(cfg, clip_for(cfg))
+    load_state_checked(model, state, str(path))
+    return model.to(device).eval()

@@ -23,12 +23,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image
 
 __all__ = [
     "PALETTES", "make_palette", "colorize", "label_map_png", "labels_to_png16", "overlay", "heatmap",
-    "scoremap_figure", "scoremap_gallery", "coverage", "coverage_figure", "segmentation_figure",
+    "scoremap_figure", "scoremap_gallery", "coverage_figure",
     "figure_to_image", "save_figure",
 ]
 
@@ -335,16 +334,6 @@ def scoremap_gallery(
 
 
 # ----------------------------------------------------------------------------------------- coverage
-def coverage(labels: Any, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
-    """Fraction of non-ignored pixels per class, shape (K,) float64; sums to 1 (all zeros if none valid)."""
-    lab = _as_labels(labels)
-    vals = lab[lab != ignore_index] if ignore_index is not None else lab.reshape(-1)
-    if vals.size and (vals.min() < 0 or vals.max() >= num_classes):
-        raise ValueError(f"labels span [{int(vals.min())}, {int(vals.max())}] but num_classes={num_classes}")
-    counts = np.bincount(vals, minlength=num_classes).astype(np.float64)
-    return counts / vals.size if vals.size else counts
-
-
 def coverage_figure(fractions: Any, class_names: Sequence[str], palette: Any = None, top: int = 20) -> Figure:
     """Horizontal bar chart of the ``top`` largest non-zero class fractions (K,), largest at the top."""
     frac = _to_numpy(fractions).astype(np.float64)
@@ -363,33 +352,6 @@ def coverage_figure(fractions: Any, class_names: Sequence[str], palette: Any = N
     for yi, i in zip(y, idx):
         ax.text(frac[i] * 100, yi, f" {frac[i] * 100:.1f}", va="center", fontsize=8)
     ax.set_xlim(0, max(frac[idx].max() * 100 * 1.15, 1.0) if idx else 1.0)
-    return fig
-
-
-def segmentation_figure(
-    image: Any, labels: Any, class_names: Sequence[str], palette: Any = None, alpha: float = 0.5,
-    legend: bool = True, ignore_index: int | None = 255,
-) -> Figure:
-    """Overlay of labels (H, W) on the image with a legend of the classes present, largest area first."""
-    lab = _as_labels(labels)
-    pal = _resolve_palette(palette, len(class_names))
-    ov = overlay(image, lab, pal, alpha, ignore_index)
-    w, h = ov.size
-    # room for the legend grows with the longest class name
-    extra = 0.8 + 0.075 * max((len(str(n)) for n in class_names), default=0) if legend else 0.0
-    fig = _new_figure((5.0 * w / h + extra, 5.0))
-    ax = fig.add_subplot()
-    ax.imshow(ov)
-    ax.set_axis_off()
-    if legend:
-        frac = coverage(lab, max(len(class_names), len(pal)), ignore_index)
-        present = [int(i) for i in np.argsort(-frac, kind="stable") if frac[i] > 0]
-        missing = [i for i in present if i >= len(class_names)]
-        if missing:
-            raise ValueError(f"labels contain class {missing[0]} but only {len(class_names)} class names given")
-        handles = [Patch(facecolor=pal[i] / 255.0, edgecolor="black", label=str(class_names[i])) for i in present]
-        if handles:
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
 

@@ -25,10 +25,10 @@ Then ln_post and proj on every patch token give (B, D, h, w) in CLIP's joint spa
 Memory: the image is resized (uint8, antialiased) to a working size (`size` = short side, long side
 <= `max_long_side`), or cut into sliding windows over that working image: the encoder never sees more.
 Score maps stay at the feature grid (whole image) or the working size (slide: K x working size float32);
-the full-size outputs are rendered tile by tile (bilinear, align_corners=False). Labels (H, W) are always
-at the input size and equal the argmax of the full-size bilinear maps; `scores`/`probs` (K, H, W) float32
-are at the input size if K*H*W <= `max_output_elements`, otherwise at the largest size of the same aspect
-ratio within it (`result.full_resolution`; `result.score_map(k)` upsamples one class on demand).
+labels (H, W) are always at the input size and equal the argmax of the full-size bilinear maps (rendered
+a few classes at a time); `scores`/`probs` (K, H, W) float32 are at the input size if K*H*W <=
+`max_output_elements`, otherwise at the largest size of the same aspect ratio within it
+(`result.full_resolution`; `result.score_map(k)` upsamples one class on demand).
 `max_side` decodes path inputs smaller (outputs then match the decoded size).
 """
 
@@ -49,9 +49,13 @@ from torch import nn
 from .data.transforms import keep_ratio_size, load_image, normalize_image
 from .encoders.clip_resnet import CLIPResNetEncoder
 from .encoders.clip_vit import CLIPViTEncoder
-from .inference import slide_windows
-from .render import BACKGROUND, render_maps, resample
+from .inference import slide as slide_inference
+from .metrics import class_coverage
+from .ops import attention, score_maps
+from .render import BACKGROUND, render_labels, upsample
 from .vocab import clean_class_names, get_templates
+
+__all__ = ["BACKGROUND", "ZeroShotResult", "ZeroShotSegmenter", "training_free_block"]
 
 _RN_MODES = {"value": "value", "maskclip": "value", "attention_pool": "attention_pool"}
 _VIT_MODES = {"vv": "vv", "csa": "csa", "qq+kk": "csa", "qq": "qq", "value": "value", "maskclip": "value",
@@ -77,14 +81,9 @@ class ZeroShotResult:
     def full_resolution(self) -> bool:
         return tuple(self.scores.shape[1:]) == tuple(self.image_size)
 
-    @property
-    def background_fraction(self) -> float:
-        return float((self.labels == BACKGROUND).float().mean())
-
     def coverage(self) -> np.ndarray:
         """Fraction of pixels labelled with each class (K,); background pixels count for none."""
-        lab = self.labels[self.labels >= 0]
-        return (torch.bincount(lab, minlength=len(self.class_names)).float() / self.labels.numel()).numpy()
+        return class_coverage(self.labels, len(self.class_names))
 
     def top_classes(self, k: int = 5, by: str = "coverage") -> list[tuple[str, float]]:
         """The k classes with the largest pixel coverage (by="coverage") or peak cosine score (by="score")."""
@@ -103,18 +102,6 @@ class ZeroShotResult:
         return F.interpolate(m[None, None], size=self.image_size, mode="bilinear", align_corners=False)[0, 0]
 
 
-def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention softmax(q k^T / sqrt(d)) v over projected, batch-first (B, N, C) inputs."""
-    b, n, c = q.shape
-    heads = attn.num_heads
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(b, t.shape[1], heads, c // heads).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(b, n, c)
-
-
 def training_free_block(blk: nn.Module, x: torch.Tensor, mode: str = "vv", clearclip: bool = True) -> torch.Tensor:
     """The last ViT block (open_clip ResidualAttentionBlock) with its attention replaced (see module doc).
 
@@ -129,14 +116,15 @@ def training_free_block(blk: nn.Module, x: torch.Tensor, mode: str = "vv", clear
         out = F.linear(y, attn.in_proj_weight[2 * c:], attn.in_proj_bias[2 * c:])
     else:
         q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        heads = attn.num_heads
         if mode == "vanilla":
-            out = _attend(attn, q, k, v)
+            out = attention(q, k, v, heads)[0]
         elif mode == "vv":
-            out = _attend(attn, v, v, v)
+            out = attention(v, v, v, heads)[0]
         elif mode == "qq":
-            out = _attend(attn, q, q, v)
+            out = attention(q, q, v, heads)[0]
         else:  # csa: two separate softmaxes, summed
-            out = _attend(attn, q, q, v) + _attend(attn, k, k, v)
+            out = attention(q, q, v, heads)[0] + attention(k, k, v, heads)[0]
     out = blk.ls_1(attn.out_proj(out))
     if clearclip:
         return out
@@ -183,12 +171,13 @@ class ZeroShotSegmenter(nn.Module):
             n = len(visual.transformer.resblocks)
             if not hasattr(visual.transformer.resblocks[-1].attn, "in_proj_weight"):
                 raise ValueError("ViTs with custom attention blocks (qk-norm, ...) are not supported; use a CLIP ViT")
-            self.encoder = CLIPViTEncoder(visual, None, out_indices=(n - 1,), official_cls=False, with_necks=False)
-            self.stride = self.encoder.patch_size
+            encoder = CLIPViTEncoder(visual, None, out_indices=(n - 1,), official_cls=False, with_necks=False)
+            self.stride = encoder.patch_size
         else:
-            self.encoder = CLIPResNetEncoder(visual)
-            self.stride = 32
-        self.encoder.eval()
+            encoder, self.stride = CLIPResNetEncoder(visual), 32
+        # The dense encoder is a view of self.clip.visual with no parameters of its own: kept out of the
+        # module tree so the image tower is registered (and saved, moved) once, as part of self.clip.
+        object.__setattr__(self, "encoder", encoder.eval())
         self.channels_last = (not self.is_vit) if channels_last is None else channels_last
         if self.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
@@ -214,7 +203,7 @@ class ZeroShotSegmenter(nn.Module):
         """
         import open_clip
 
-        from .weights import create_clip
+        from .clip import create_clip
 
         if quick_gelu is None:
             cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
@@ -311,20 +300,20 @@ class ZeroShotSegmenter(nn.Module):
         if self.dense_mode == "attention_pool":
             glob, dense = enc.attention_pool(c5)
             return dense, glob
-        pool = enc.attnpool
+        pool = enc.visual.attnpool
         tokens = enc.pool_tokens(c5)
         spatial = tokens[:, 1:] if self.value_pos_embed else c5.flatten(2).transpose(1, 2)
         dense = pool.c_proj(pool.v_proj(spatial)).transpose(1, 2).reshape(b, -1, h, w)
         glob = None
         if need_global:  # CLIP's pool: the mean token is the only query
-            out = _attend(pool, pool.q_proj(tokens[:, :1]), pool.k_proj(tokens), pool.v_proj(tokens))
+            out = attention(pool.q_proj(tokens[:, :1]), pool.k_proj(tokens), pool.v_proj(tokens), pool.num_heads)[0]
             glob = pool.c_proj(out)[:, 0]
         return dense, glob
 
     def _vit_dense(self, x: torch.Tensor, need_global: bool):
         enc = self.encoder
         tokens, (h, w) = enc.embed(x)
-        blocks = enc.transformer.resblocks
+        blocks = enc.visual.transformer.resblocks
         for i in range(len(blocks) - 1):
             tokens = enc.run_block(i, tokens)
         blk = blocks[-1]
@@ -334,7 +323,7 @@ class ZeroShotSegmenter(nn.Module):
         if need_global:  # CLIP's last block for the class token alone
             y, attn = blk.ln_1(tokens), blk.attn
             q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-            cls = tokens[:, :1] + blk.ls_1(attn.out_proj(_attend(attn, q[:, :1], k, v)))
+            cls = tokens[:, :1] + blk.ls_1(attn.out_proj(attention(q[:, :1], k, v, attn.num_heads)[0]))
             glob = enc.project(cls + blk.ls_2(blk.mlp(blk.ln_2(cls))))[:, 0]
         return dense, glob
 
@@ -344,8 +333,7 @@ class ZeroShotSegmenter(nn.Module):
         h, w = x.shape[2:]
         s = self.stride
         x = F.pad(x, (0, -w % s, 0, -h % s))  # zeros = the mean colour after normalisation
-        dense = F.normalize(self.dense_embeddings(x), dim=1)
-        return torch.einsum("bdhw,kd->bkhw", dense, text), (h / s, w / s)
+        return score_maps(self.dense_embeddings(x), text), (h / s, w / s)
 
     # --------------------------------------------------------------------------------------- predict
     @torch.no_grad()
@@ -393,19 +381,19 @@ class ZeroShotSegmenter(nn.Module):
         x = normalize_image(x.float())
         if slide is None:
             maps, extent = self._score_maps(x, text)
-            maps = maps[0].cpu()
+            maps = maps[0]
         else:
-            maps, extent = self._slide(x, text, slide, window_batch), tuple(map(float, hw))
+            crop, stride = (slide, max(1, 2 * slide // 3)) if isinstance(slide, int) else slide
+            maps, extent = slide_inference(self._window_maps(text), x, crop, stride, window_batch)[0], hw
         t3 = time.perf_counter()
         logit_scale = float(self.clip.logit_scale.exp())
+        labels = render_labels(maps, len(names), extent, (H, W), threshold, background_on, logit_scale).cpu()
         shape = (H, W)
         if len(names) * H * W > max_output_elements:
             f = math.sqrt(max_output_elements / (len(names) * H * W))
             shape = (max(1, int(H * f)), max(1, int(W * f)))
-        render = (maps, len(names), extent, threshold, background_on, logit_scale)
-        labels, scores, probs = render_maps(*render, (H, W), True, shape == (H, W))
-        if shape != (H, W):
-            _, scores, probs = render_maps(*render, shape, False, True)
+        full = upsample(maps, shape, extent)
+        scores, probs = full[:len(names)].cpu(), (logit_scale * full).softmax(0)[:len(names)].cpu()
         t4 = time.perf_counter()
         timing = {"load": t1 - t0, "text": t2 - t1, "image": t3 - t2, "render": t4 - t3, "total": t4 - t0}
         info = {"model": self.model_name, "is_random": self.is_random, "dense_mode": self.dense_mode,
@@ -416,15 +404,10 @@ class ZeroShotSegmenter(nn.Module):
         return ZeroShotResult(scores=scores, probs=probs, labels=labels, class_names=names, image_size=(H, W),
                               seconds=t4 - t0, timing=timing, info=info)
 
-    def _slide(self, x: torch.Tensor, text: torch.Tensor, slide, batch: int) -> torch.Tensor:
-        crop, stride = (slide, max(1, 2 * slide // 3)) if isinstance(slide, int) else slide
-        h, w = x.shape[2:]
-        boxes = slide_windows(h, w, crop, stride)
-        acc, count = torch.zeros(len(text), h, w), torch.zeros(1, h, w)
-        for i in range(0, len(boxes), batch):
-            chunk = boxes[i:i + batch]
-            maps, extent = self._score_maps(torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk]), text)
-            for (y1, y2, x1, x2), m in zip(chunk, maps.cpu()):
-                acc[:, y1:y2, x1:x2] += resample(m, (y2 - y1, x2 - x1), extent)
-                count[:, y1:y2, x1:x2] += 1
-        return acc / count
+    def _window_maps(self, text: torch.Tensor):
+        """fn(windows (N, 3, h, w)) -> cosine maps (N, K, h, w) at the windows' size, for `slide`."""
+        def fn(windows: torch.Tensor) -> torch.Tensor:
+            maps, extent = self._score_maps(windows, text)
+            return upsample(maps, windows.shape[2:], extent)
+
+        return fn

@@ -4,13 +4,13 @@ from .ade20k import ADE20KDataset
 from .base import DatasetError, SegDataset, read_label, reduce_zero_label
 from .coco_stuff import COCOStuffDataset
 from .folder import FolderDataset
-from .seg_transforms import TestTransform, TrainTransform, photometric_distortion
+from .seg_transforms import TrainTransform, photometric_distortion
 from .synthetic import SyntheticSegDataset, class_palette, make_sample, write_folder_dataset
 from .transforms import load_image, normalize_image, resize_keep_ratio, to_image_tensor
 
 __all__ = [
     "ADE20KDataset", "DatasetError", "SegDataset", "read_label", "reduce_zero_label", "COCOStuffDataset",
-    "FolderDataset", "TestTransform", "TrainTransform", "photometric_distortion", "SyntheticSegDataset",
+    "FolderDataset", "TrainTransform", "photometric_distortion", "SyntheticSegDataset",
     "class_palette", "make_sample", "write_folder_dataset", "load_image", "normalize_image",
     "resize_keep_ratio", "to_image_tensor",
 ]

@@ -177,23 +177,3 @@ class TrainTransform:
         x = normalize_image(x[None])[0]
         y = torch.from_numpy(np.ascontiguousarray(label)).long()
         return pad_to(x, y, self.crop_size, 0.0, self.ignore_index)
-
-
-@dataclass
-class TestTransform:
-    """Keep-ratio resize (short side, capped long side; mmseg img_scale=(2048, 512)) + CLIP normalisation.
-
-    __call__(image (H, W, 3) uint8) -> (3, h, w) float32; labels stay at the original size (mmseg
-    evaluates there), so predictions are resized back before the metric.
-    """
-
-    __test__ = False  # not a pytest test class
-
-    short_side: int = 512
-    max_long_side: int = 2048
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        image, _ = resize(image, None, keep_ratio_size(image.shape[0], image.shape[1], self.short_side,
-                                                       self.max_long_side))
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-        return normalize_image(x[None])[0]

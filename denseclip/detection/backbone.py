@@ -1,15 +1,13 @@
-"""A DenseCLIP backbone for torchvision detectors: CLIP ResNet + language guidance + torchvision FPN.
+"""A DenseCLIP backbone for torchvision detectors: CLIP ResNet + context-aware prompting + FPN.
 
 Follow a tensor (the authors' DenseCLIP_RetinaNet / DenseCLIP_MaskRCNN `extract_feat`):
     images (B,3,H,W) -> CLIP ResNet -> C2..C5, dense z (B,D,H/32,W/32), global z_g (B,D)
-    t  = text_encoder(class tokens, contexts)                   (K, D)
-    t' = t + gamma * context_decoder(t, [z_g; z])                (B, K, D)
-    S  = normalize(z) . normalize(t')^T / tau                    (B, K, H/32, W/32)   score maps
+    t' = prompting(z_g, z) = t + gamma * context_decoder(t, [z_g; z])    (B, K, D)
+    S  = normalize(z) . normalize(t')^T / tau                              (B, K, H/32, W/32)   score maps
     C5' = cat(C5, S)
     RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (mmdet add_extra_convs='on_input')
     Mask R-CNN: FPN(C2, C3, C4, C5') -> P2..P5, P6 = maxpool(P5)
-It is a `BackboneWithFPN`-style module: `forward(x)` returns an OrderedDict of 256-channel maps and
-`out_channels` says how many, so torchvision's RetinaNet / MaskRCNN take it as their `backbone`.
+`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want.
 """
 
 from __future__ import annotations
@@ -21,35 +19,25 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from ..config import DetectionConfig
 from ..encoders import CLIPResNetEncoder
-from ..prompting import LanguageGuidance
-from ..segmentor import score_maps
-from .config import DetectionConfig
+from ..ops import score_maps
+from ..prompting import ContextPrompting
 
 
-class DenseCLIPBackbone(LanguageGuidance):
+class DenseCLIPBackbone(nn.Module):
     """CLIP ResNet stage features (+ pixel-text score maps on C5) -> FPN.
 
+    encoder: a CLIPResNetEncoder (without embeddings for the baseline); prompting: the text side or None.
     Feature names: RetinaNet "p3".."p7" (strides 8..128), Mask R-CNN "p2".."p6" (strides 4..64).
-    Parameter names: `body` (the CLIP image tower, open_clip names), `text_encoder`, `contexts` (1, M, width),
-    `gamma` (D,), `context_decoder`, `fpn`.
     """
 
-    def __init__(self, cfg: DetectionConfig, clip_model: nn.Module):
+    def __init__(self, encoder: CLIPResNetEncoder, prompting: ContextPrompting | None, cfg: DetectionConfig):
         super().__init__()
-        visual = getattr(clip_model, "visual", None)
-        if visual is None or not hasattr(visual, "attnpool"):
-            raise ValueError(f"detection needs a CLIP ResNet image tower (RN50, RN101, ...); {cfg.clip_model!r} "
-                             f"has {type(visual).__name__}")
-        self.use_text = cfg.use_text
-        self.tau = cfg.tau
-        self.body = CLIPResNetEncoder(visual, cfg.input_resolution, pos_embed=cfg.pos_embed)
-        channels = list(self.body.feature_channels)
-        if cfg.use_text:
-            self.init_language_guidance(clip_model, self.body.embed_dim, cfg)
+        self.encoder, self.prompting, self.tau = encoder, prompting, cfg.tau
+        channels = list(encoder.feature_channels)
+        if prompting is not None:
             channels[3] += cfg.num_classes
-        else:
-            del self.body.attnpool  # the baseline never pools; unused parameters would upset DDP
         if cfg.detector == "retinanet":
             self.in_levels = (1, 2, 3)  # C3, C4, C5 (mmdet start_level=1)
             extra = LastLevelP6P7(channels[3], cfg.fpn_channels)
@@ -61,19 +49,16 @@ class DenseCLIPBackbone(LanguageGuidance):
             self.level_names = ("p2", "p3", "p4", "p5", "p6")
         self.fpn = FeaturePyramidNetwork([channels[i] for i in self.in_levels], cfg.fpn_channels, extra_blocks=extra)
         self.out_channels = cfg.fpn_channels
-        self.strides = tuple(2 ** int(n[1:]) for n in self.level_names)
 
     def forward_with_score_map(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor], torch.Tensor | None]:
-        """x (B, 3, H, W), normalised -> (FPN features {name: (B, 256, H/s, W/s)}, S / tau (B, K, H/32, W/32)
+        """x (B, 3, H, W), normalised -> (FPN features {name: (B, C, H/s, W/s)}, S / tau (B, K, H/32, W/32)
         or None for the baseline)."""
+        enc = self.encoder(x)
+        feats = list(enc.features)
         score_map = None
-        if self.use_text:
-            enc = self.body(x)
-            feats = list(enc.features)
-            score_map = score_maps(enc.dense, self.guided_text_embeddings(enc.global_embedding, enc.dense)) / self.tau
+        if self.prompting is not None:
+            score_map = score_maps(enc.dense, self.prompting(enc.global_embedding, enc.dense)) / self.tau
             feats[3] = torch.cat([feats[3], score_map.to(feats[3].dtype)], dim=1)
-        else:
-            feats = self.body.forward_features(x)
         out = self.fpn(OrderedDict((str(i), feats[i]) for i in self.in_levels))
         return OrderedDict(zip(self.level_names, out.values())), score_map
 

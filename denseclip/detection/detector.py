@@ -27,10 +27,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..config import CLIP_MEAN, CLIP_STD
+from ..checkpoints import HubMixin, checkpoint_file, load_state_checked, read_stored_config
+from ..clip import clip_for
+from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, config_from_dict, resolve
+from ..encoders import CLIPResNetEncoder
 from ..optim import param_groups
+from ..prompting import ContextPrompting
 from .backbone import DenseCLIPBackbone
-from .config import DetectionConfig, get_detection_preset
 
 AUX_STRIDE = 4  # the authors build the box target and upsample the score maps at stride 4 (C2)
 
@@ -66,17 +69,16 @@ def aux_loss(score_map: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return loss / weight.sum().clamp(min=1)
 
 
-class DenseCLIPDetector(nn.Module):
+class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "denseclip", "clip"]):
     """A torchvision RetinaNet or MaskRCNN (`self.detector`) whose backbone is a `DenseCLIPBackbone`.
 
-    forward(images, targets): train -> dict of losses (torchvision's names, "loss_aux", "loss" = their sum); eval -> the
-    torchvision detections at each input image's size. Build with `build_detector(preset_or_config)`.
+    forward(images, targets): train -> dict of losses (torchvision's names, "loss_aux", "loss" = their sum);
+    eval -> the torchvision detections at each input image's size. Build with `build_detector`.
     """
 
-    def __init__(self, cfg: DetectionConfig, clip_model: nn.Module):
+    def __init__(self, backbone: DenseCLIPBackbone, cfg: DetectionConfig):
         super().__init__()
         self.cfg = cfg
-        backbone = DenseCLIPBackbone(cfg, clip_model)
         k = cfg.num_classes
         common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(CLIP_MEAN),
                       image_std=list(CLIP_STD))
@@ -150,19 +152,37 @@ class DenseCLIPDetector(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
-    # ------------------------------------------------------------------ parameter groups
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     text_encoder_lr_mult: float = 0.0, norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: the CLIP image tower (`backbone.body`) at lr x0.1, the text
-        encoder at lr x0 (frozen: left out), no weight decay on parameters whose names contain "norm"
-        outside those two (mmcv custom_keys: the longest matching key wins), the rest at lr."""
+                     norm_decay: bool = False) -> list[dict]:
+        """AdamW groups as the authors' recipe: the CLIP image tower (and an unfrozen text encoder) at
+        lr x0.1, no weight decay on parameters whose names contain "norm" outside those, the rest at lr."""
         bb = "detector.backbone."
-        return param_groups(self, lr, weight_decay, {bb + "body.": backbone_lr_mult,
-                                                     bb + "text_encoder.": text_encoder_lr_mult}, norm_decay)
+        return param_groups(self, lr, weight_decay, {bb + "encoder.": backbone_lr_mult,
+                                                     bb + "prompting.text_encoder.": backbone_lr_mult}, norm_decay)
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, detector={self.cfg.detector}, classes={self.cfg.num_classes}, " \
                f"use_text={self.cfg.use_text}"
+
+    @classmethod
+    def load_file(cls, path: Path) -> DenseCLIPDetector:
+        return load_detector(path)
+
+    def card_text(self, metrics: dict | None = None, repo_id: str = "user/repo") -> str:
+        cfg = self.cfg
+        lines = [f"# {repo_id.split('/')[-1]}", "",
+                 f"DenseCLIP {cfg.detector} `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
+                 f"{'language-guided' if cfg.use_text else 'CLIP baseline'}), a torchvision detector "
+                 "(DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
+                 f'model = denseclip.load_detector("{repo_id}")',
+                 'r = denseclip.detect(model, "photo.jpg")  # r.boxes, r.names, r.scores', "```", ""]
+        if metrics:
+            kinds = [k for k in ("bbox", "segm") if f"{k}_AP" in metrics]
+            cols = [f"{'box' if k == 'bbox' else 'mask'} {m}" for k in kinds for m in ("AP", "AP50", "AP75")]
+            values = [metrics.get(f"{k}_{m}", float("nan")) for k in kinds for m in ("AP", "AP50", "AP75")]
+            lines += ["## Validation (COCO)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols),
+                      "| " + " | ".join(f"{100 * v:.1f}" for v in values) + " |", ""]
+        return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
 
 
 def check_images(images) -> list[torch.Tensor]:
@@ -202,56 +222,43 @@ def check_targets(targets, num_classes: int, shifted: bool, with_masks: bool) ->
 
 def build_detector(preset_or_config: str | DetectionConfig = "denseclip-retinanet-rn50-coco",
                    pretrained: bool | str | None = True, class_names: Sequence[str] | None = None,
-                   **overrides) -> DenseCLIPDetector:
+                   **changes) -> DenseCLIPDetector:
     """Build a DenseCLIP detector (train mode, CPU) from a preset name or a DetectionConfig.
 
     pretrained=True loads the config's CLIP weights (`clip_pretrained`); False/None random weights; a string
-    is an open_clip tag or a local CLIP weights file. `class_names` and `overrides` replace config fields.
+    is an open_clip tag or a local CLIP weights file. `class_names` and `changes` replace config fields.
     """
-    from ..config import resolve_config
-    from ..weights import create_clip
-
-    cfg = resolve_config(preset_or_config, get_detection_preset, class_names, **overrides)
+    cfg = resolve(preset_or_config, DetectionConfig, class_names=class_names, **changes)
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
-    return DenseCLIPDetector(cfg, create_clip(cfg.clip_model, tag, cfg.clip_arch, cfg.quick_gelu)).train()
+    return assemble(cfg, clip_for(cfg, tag)).train()
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: `denseclip.save_checkpoint` writes any model with a `cfg` (safetensors + the config as JSON
-# metadata, and config.json for folders); a detection config is told apart by its `detector` field.
-# ---------------------------------------------------------------------------------------------
-
-def save_detector(model: DenseCLIPDetector, path: str | Path, metadata: dict | None = None) -> Path:
-    """Write `model` to `path` (.safetensors, or a folder -> model.safetensors + config.json), atomically."""
-    from ..weights import save_checkpoint
-
-    return save_checkpoint(model, path, {"task": "detection", **(metadata or {})})
-
-
-def read_detection_config(path: Path) -> DetectionConfig | None:
-    """The DetectionConfig stored with a checkpoint (None if it carries a segmentation config or none)."""
-    from ..weights import read_stored_config
-
-    d = read_stored_config(path)
-    return DetectionConfig.from_dict(d) if isinstance(d, dict) and "detector" in d else None
+def assemble(cfg: DetectionConfig, clip_model: nn.Module) -> DenseCLIPDetector:
+    """The parts a detection config describes, around a given open_clip model."""
+    if not hasattr(clip_model.visual, "attnpool"):
+        raise ValueError(f"detection needs a CLIP ResNet image tower (RN50, RN101, ...); {cfg.clip_model!r} "
+                         f"has {type(clip_model.visual).__name__}")
+    text = cfg.prompt is not None
+    encoder = CLIPResNetEncoder(clip_model.visual, cfg.input_resolution, pos_embed=cfg.pos_embed, embeddings=text)
+    prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt) if text else None
+    if prompting is not None and prompting.embed_dim != encoder.embed_dim:
+        raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim {prompting.embed_dim}")
+    return DenseCLIPDetector(DenseCLIPBackbone(encoder, prompting, cfg), cfg)
 
 
 def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None = None,
                   device: str | torch.device = "cpu") -> DenseCLIPDetector:
-    """Load a detector (eval mode) from our .safetensors file, a folder holding model.safetensors (a training
+    """A detector (eval mode) from our .safetensors file, a folder holding model.safetensors (a training
     checkpoint, `final/`), or a Hub repo id. `config` overrides the stored config (a preset name or config)."""
     from safetensors.torch import load_file
 
-    from ..weights import create_clip, load_state_checked, resolve_checkpoint
-
-    path = resolve_checkpoint(path_or_repo)
-    if config is not None:
-        cfg = get_detection_preset(config) if isinstance(config, str) else config
-    else:
-        cfg = read_detection_config(path)
-    if cfg is None:
-        raise ValueError(f"{path} carries no detection config (a segmentation checkpoint? use "
-                         "denseclip.load_checkpoint); pass config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
-    model = DenseCLIPDetector(cfg, create_clip(cfg.clip_model, None, cfg.clip_arch, cfg.quick_gelu))
+    path = checkpoint_file(path_or_repo)
+    stored = read_stored_config(path)
+    if config is None and stored is None:
+        raise ValueError(f"{path} carries no config; pass config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
+    cfg = resolve(config, DetectionConfig) if config is not None else config_from_dict(stored)
+    if not isinstance(cfg, DetectionConfig):
+        raise ValueError(f"{path} holds a {type(cfg).__name__} (a segmentor): load it with denseclip.load_checkpoint")
+    model = assemble(cfg, clip_for(cfg))
     load_state_checked(model, load_file(str(path)), str(path))
     return model.to(device).eval()

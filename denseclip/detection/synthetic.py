@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import TINY_DET_CLASSES
+from ..config import TINY_DET_CLASSES
 
 CATEGORIES = (  # (id, name, RGB colour, shape)
     (3, TINY_DET_CLASSES[0], (220, 40, 40), "box"),

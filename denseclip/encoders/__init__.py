@@ -9,7 +9,7 @@ __all__ = ["EncoderOutput", "resize_pos_embed", "CLIPResNetEncoder", "CLIPViTEnc
            "encoder_from_clip"]
 
 
-def encoder_from_clip(visual, input_resolution=None, **vit_kwargs):
+def encoder_from_clip(visual, input_resolution=None, embeddings: bool = True, **vit_kwargs):
     """Wrap an open_clip image tower (`clip_model.visual`) as the matching dense encoder.
 
     `vit_kwargs` (out_indices, official_cls, with_necks, drop_path_rate) apply to ViT towers only."""
@@ -17,9 +17,9 @@ def encoder_from_clip(visual, input_resolution=None, **vit_kwargs):
     from open_clip.transformer import VisionTransformer
 
     if isinstance(visual, ModifiedResNet):
-        return CLIPResNetEncoder(visual, input_resolution)  # vit_kwargs do not apply
+        return CLIPResNetEncoder(visual, input_resolution, embeddings=embeddings)
     if isinstance(visual, VisionTransformer):
-        return CLIPViTEncoder(visual, input_resolution, **vit_kwargs)
+        return CLIPViTEncoder(visual, input_resolution, embeddings=embeddings, **vit_kwargs)
     raise TypeError(f"unsupported open_clip image tower {type(visual).__name__}: "
                     "DenseCLIP wraps ModifiedResNet (RN50, RN101, ...) and VisionTransformer (ViT-B-16, ...); "
                     "for other backbones use a timm model name as `backbone`")

@@ -1,4 +1,4 @@
-"""What every visual encoder returns, and the positional-embedding resize they share."""
+"""What every visual encoder returns, and the positional-embedding resize the CLIP towers share."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -31,17 +30,17 @@ def grid_of(num_positions: int) -> tuple[int, int]:
     return side, side
 
 
-def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
-    """Resize a CLIP positional embedding (1 + h*w, C) from grid `src` to grid `dst`.
+def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int],
+                     mode: str = "bilinear") -> torch.Tensor:
+    """A CLIP positional embedding (1 + h*w, C) from grid `src` to grid `dst` (timm's resample).
 
-    The first row (class / mean token) is kept; the spatial rows are resized with bilinear
-    interpolation, align_corners=False, as the DenseCLIP authors do at load and at every forward.
+    The first row (class / mean token) is kept. "bilinear" (align_corners=False, no antialias) is what
+    the DenseCLIP authors do at load and at every forward; "bicubic" is what SCLIP, NACLIP, ClearCLIP
+    and MaskCLIP do.
     """
     if tuple(src) == tuple(dst):
         return pos
-    cls_pos, spatial = pos[:1], pos[1:]
-    c = pos.shape[-1]
-    spatial = spatial.reshape(1, src[0], src[1], c).permute(0, 3, 1, 2)
-    spatial = F.interpolate(spatial, size=dst, mode="bilinear", align_corners=False)
-    spatial = spatial.reshape(c, dst[0] * dst[1]).permute(1, 0)
-    return torch.cat([cls_pos, spatial], dim=0)
+    from timm.layers import resample_abs_pos_embed  # lazy: timm costs seconds to import
+
+    return resample_abs_pos_embed(pos[None], list(dst), list(src), num_prefix_tokens=1, interpolation=mode,
+                                  antialias=False)[0]

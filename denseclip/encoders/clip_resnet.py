@@ -1,20 +1,17 @@
 """CLIP ResNet (open_clip ModifiedResNet) as a dense encoder.
 
-The tower's modules are adopted as our own children, so parameter names stay open_clip's
-(`conv1.weight`, `layer1.0.conv1.weight`, `attnpool.q_proj.weight`, ...), which are also the names the
-DenseCLIP authors' checkpoints use under `backbone.`.
+The open_clip tower is kept intact as the child `visual` (parameter names `visual.conv1.weight`,
+`visual.layer1.0.conv1.weight`, `visual.attnpool.q_proj.weight`, ...); its stage features come from
+open_clip's own `forward_intermediates`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops import attention
 from .base import EncoderOutput, grid_of, resize_pos_embed
-
-_STEM = ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool")
-_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class CLIPResNetEncoder(nn.Module):
@@ -27,22 +24,27 @@ class CLIPResNetEncoder(nn.Module):
     pos_embed: how the (input_resolution/32)^2 positional grid meets an H x W feature map: "resize"
     (bilinear, the authors' segmentation) or "crop" to the top-left H x W (the authors' detection tower,
     so a position keeps its embedding whatever the aspect ratio; larger maps fall back to resizing).
+    embeddings=False drops the attention pool (the CLIP+FPN baseline: stage features only, and no
+    parameters without gradients under DDP).
     """
 
     feature_strides = (4, 8, 16, 32)
 
-    def __init__(self, tower: nn.Module, input_resolution: int | None = None, pos_embed: str = "resize"):
+    def __init__(self, visual: nn.Module, input_resolution: int | None = None, pos_embed: str = "resize",
+                 embeddings: bool = True):
         super().__init__()
         if pos_embed not in ("resize", "crop"):
             raise ValueError(f"pos_embed must be 'resize' or 'crop', got {pos_embed!r}")
+        self.visual = visual
         self.pos_embed = pos_embed
-        for name in _STEM + _STAGES + ("attnpool",):
-            self.add_module(name, getattr(tower, name))
-        self.feature_channels = tuple(getattr(self, s)[-1].conv3.out_channels for s in _STAGES)
-        self.embed_dim = self.attnpool.c_proj.out_features
-        self.num_heads = self.attnpool.num_heads
-        self.pos_grid = grid_of(self.attnpool.positional_embedding.shape[0] - 1)
-        if input_resolution is not None:
+        stages = (visual.layer1, visual.layer2, visual.layer3, visual.layer4)
+        self.feature_channels = tuple(s[-1].conv3.out_channels for s in stages)
+        self.num_heads = visual.attnpool.num_heads
+        self.embed_dim = visual.attnpool.c_proj.out_features if embeddings else None
+        self.pos_grid = grid_of(visual.attnpool.positional_embedding.shape[0] - 1)
+        if not embeddings:
+            del visual.attnpool
+        elif input_resolution is not None:
             self.set_input_resolution(input_resolution)
 
     def set_input_resolution(self, resolution: int) -> None:
@@ -51,33 +53,24 @@ class CLIPResNetEncoder(nn.Module):
         Call after loading pretrained weights (the authors resize at load: 512 px -> 16x16).
         """
         grid = (resolution // 32, resolution // 32)
-        pool = self.attnpool
+        pool = self.visual.attnpool
         with torch.no_grad():
             pos = resize_pos_embed(pool.positional_embedding.data, self.pos_grid, grid)
         pool.positional_embedding = nn.Parameter(pos, requires_grad=pool.positional_embedding.requires_grad)
         self.pos_grid = grid
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
-        x = self.act3(self.bn3(self.conv3(x)))
-        return self.avgpool(x)
-
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> [C2, C3, C4, C5] at strides 4, 8, 16, 32."""
-        x = self.stem(x.to(self.conv1.weight.dtype))
-        feats = []
-        for s in _STAGES:
-            x = getattr(self, s)(x)
-            feats.append(x)
-        return feats
+        x = x.to(self.visual.conv1.weight.dtype)
+        out = self.visual.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+        return out["image_intermediates"]
 
     def pool_tokens(self, c5: torch.Tensor) -> torch.Tensor:
-        """C5 (B, C, H, W) -> tokens (B, 1 + H*W, C) with positional embedding (resized to H x W)."""
-        b, c, h, w = c5.shape
+        """C5 (B, C, H, W) -> tokens (B, 1 + H*W, C) with positional embedding (fitted to H x W)."""
+        _, _, h, w = c5.shape
         tokens = c5.flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
-        pos = self.attnpool.positional_embedding
+        pos = self.visual.attnpool.positional_embedding
         gh, gw = self.pos_grid
         if self.pos_embed == "crop" and h <= gh and w <= gw:
             pos = torch.cat([pos[:1], pos[1:].reshape(gh, gw, -1)[:h, :w].reshape(h * w, -1)])
@@ -85,23 +78,20 @@ class CLIPResNetEncoder(nn.Module):
             pos = resize_pos_embed(pos, self.pos_grid, (h, w))
         return tokens + pos.to(tokens.dtype)
 
-    def attention_pool(self, c5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full attention pool, every token a query. Returns global (B, D) and dense (B, D, H, W)."""
+    def attention_pool(self, c5: torch.Tensor, need_weights: bool = False):
+        """Full attention pool, every token a query: global (B, D), dense (B, D, H, W) and, with
+        need_weights, the attention weights (B, heads, 1 + H*W, 1 + H*W) (token 0 = the mean token)."""
         b, _, h, w = c5.shape
-        pool = self.attnpool
+        pool = self.visual.attnpool
         x = self.pool_tokens(c5)
-        n, c = x.shape[1], x.shape[2]
-        heads = self.num_heads
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C/heads)
-            return t.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(pool.q_proj(x)), split(pool.k_proj(x)), split(pool.v_proj(x)))
-        out = pool.c_proj(out.transpose(1, 2).reshape(b, n, c))
+        out, weights = attention(pool.q_proj(x), pool.k_proj(x), pool.v_proj(x), self.num_heads, need_weights)
+        out = pool.c_proj(out)
         dense = out[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
-        return out[:, 0], dense
+        return (out[:, 0], dense, weights) if need_weights else (out[:, 0], dense)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         feats = self.forward_features(x)
+        if self.embed_dim is None:
+            return EncoderOutput(features=feats, global_embedding=None, dense=None)
         global_embedding, dense = self.attention_pool(feats[-1])
         return EncoderOutput(features=feats, global_embedding=global_embedding, dense=dense)

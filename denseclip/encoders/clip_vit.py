@@ -1,7 +1,10 @@
 """CLIP ViT (open_clip VisionTransformer) as a dense encoder with the authors' multi-scale necks.
 
-Parameter names stay open_clip's (`conv1`, `class_embedding`, `positional_embedding`, `ln_pre`,
-`transformer.resblocks.N.*`, `ln_post`, `proj`); the necks are `fpn1`..`fpn4` as in the authors' code.
+The open_clip tower is kept intact as the child `visual` (`visual.conv1`, `visual.class_embedding`,
+`visual.positional_embedding`, `visual.transformer.resblocks.N.*`, `visual.ln_post`, `visual.proj`);
+the necks are `fpn1`..`fpn4` as in the authors' code. The blocks run in our own loop rather than
+open_clip's `forward_intermediates`, which has no stochastic depth, no per-forward positional-embedding
+resize and not the authors' class-token embedding.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ import torch
 from torch import nn
 
 from .base import EncoderOutput, grid_of, resize_pos_embed
-
-_ADOPT = ("conv1", "ln_pre", "transformer", "ln_post")
 
 
 def _necks(width: int, patch_size: int) -> dict[str, nn.Module]:
@@ -45,29 +46,25 @@ class CLIPViTEncoder(nn.Module):
     official_cls=True reproduces the authors' forward (the class token receives class_embedding twice:
     as the token and added to its positional term) -- needed for their released ViT checkpoint.
     official_cls=False is open_clip-faithful (zero-shot): `global` equals `encode_image`.
+    embeddings=False drops ln_post and proj (the CLIP+FPN baseline has no text space).
     """
 
-    def __init__(self, tower: nn.Module, input_resolution: int | None = None,
+    def __init__(self, visual: nn.Module, input_resolution: int | None = None,
                  out_indices: tuple[int, ...] = (3, 5, 7, 11), official_cls: bool = True,
-                 with_necks: bool = True, drop_path_rate: float = 0.0):
+                 with_necks: bool = True, drop_path_rate: float = 0.0, embeddings: bool = True):
         super().__init__()
-        if getattr(tower, "attn_pool", None) is not None or getattr(tower, "final_ln_after_pool", False):
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
             raise ValueError("CLIP ViTs with attentional pooling / final LN after pool are not supported")
-        for name in _ADOPT:
-            self.add_module(name, getattr(tower, name))
-        self.class_embedding = tower.class_embedding
-        self.positional_embedding = tower.positional_embedding
-        self.proj = tower.proj
-        self.patch_size = self.conv1.kernel_size[0]
-        self.width = self.conv1.out_channels
-        self.embed_dim = self.proj.shape[1]
-        self.pos_grid = grid_of(self.positional_embedding.shape[0] - 1)
-        n_blocks = len(self.transformer.resblocks)
+        self.visual = visual
+        self.patch_size = visual.conv1.kernel_size[0]
+        self.width = visual.conv1.out_channels
+        self.embed_dim = visual.proj.shape[1] if embeddings else None
+        self.pos_grid = grid_of(visual.positional_embedding.shape[0] - 1)
+        n_blocks = len(visual.transformer.resblocks)
         if any(i < 0 or i >= n_blocks for i in out_indices):
             raise ValueError(f"out_indices {out_indices} out of range for a ViT with {n_blocks} blocks")
         self.out_indices = tuple(out_indices)
         self.official_cls = official_cls
-        self.batch_first = getattr(self.transformer, "batch_first", True)
         self.drop_path_rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.with_necks = with_necks
         if with_necks:
@@ -75,62 +72,65 @@ class CLIPViTEncoder(nn.Module):
                 self.add_module(name, module)
         self.feature_strides = (4, 8, 16, 32) if with_necks else (self.patch_size,) * 4
         self.feature_channels = (self.width,) * 4
+        if not embeddings:
+            visual.proj, visual.ln_post = None, nn.Identity()
         if input_resolution is not None:
             self.set_input_resolution(input_resolution)
 
     def set_input_resolution(self, resolution: int) -> None:
         """Resize the positional embedding once to the grid of `resolution / patch` (640 -> 40x40)."""
         grid = (resolution // self.patch_size, resolution // self.patch_size)
+        pos = self.visual.positional_embedding
         with torch.no_grad():
-            pos = resize_pos_embed(self.positional_embedding.data, self.pos_grid, grid)
-        self.positional_embedding = nn.Parameter(pos, requires_grad=self.positional_embedding.requires_grad)
+            resized = resize_pos_embed(pos.data, self.pos_grid, grid)
+        self.visual.positional_embedding = nn.Parameter(resized, requires_grad=pos.requires_grad)
         self.pos_grid = grid
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def embed(self, x: torch.Tensor, pos_mode: str = "bilinear") -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) -> tokens (B, 1 + h*w, width) after ln_pre, and the grid (h, w)."""
-        x = self.conv1(x.to(self.conv1.weight.dtype))
+        v = self.visual
+        x = v.conv1(x.to(v.conv1.weight.dtype))
         b, c, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(x.dtype).expand(b, 1, c)
-        pos = resize_pos_embed(self.positional_embedding, self.pos_grid, (h, w)).to(x.dtype)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, c)
+        pos = resize_pos_embed(v.positional_embedding, self.pos_grid, (h, w), pos_mode).to(x.dtype)
         if self.official_cls:
-            pos = torch.cat([pos[:1] + self.class_embedding.to(x.dtype), pos[1:]], dim=0)
+            pos = torch.cat([pos[:1] + v.class_embedding.to(x.dtype), pos[1:]], dim=0)
         x = torch.cat([cls, x], dim=1) + pos
-        return self.ln_pre(x), (h, w)
+        return v.ln_pre(x), (h, w)
 
     def run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Block i on batch-first tokens, with stochastic depth while training."""
-        blk = self.transformer.resblocks[i]
+        blk = self.visual.transformer.resblocks[i]
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
         p = self.drop_path_rates[i] if self.training else 0.0
         if p == 0.0:
-            if self.batch_first:
-                return blk(x)
-            return blk(x.transpose(0, 1)).transpose(0, 1)
+            return blk(x) if batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
         # Same computation as open_clip's ResidualAttentionBlock, with drop_path on both branches.
-        from timm.layers import drop_path  # lazy: timm costs ~2 s to import
+        from timm.layers import drop_path  # lazy: timm costs seconds to import
 
-        q = blk.ln_1(x)
-        attn = blk.attn(q, q, q, need_weights=False)[0] if self.batch_first else \
-            blk.attn(q.transpose(0, 1), q.transpose(0, 1), q.transpose(0, 1), need_weights=False)[0].transpose(0, 1)
+        q = blk.ln_1(x) if batch_first else blk.ln_1(x).transpose(0, 1)
+        attn = blk.attn(q, q, q, need_weights=False)[0]
+        attn = attn if batch_first else attn.transpose(0, 1)
         x = x + drop_path(blk.ls_1(attn), p, True)
         return x + drop_path(blk.ls_2(blk.mlp(blk.ln_2(x))), p, True)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """ln_post then proj: tokens (B, N, width) -> (B, N, D)."""
-        return self.ln_post(tokens) @ self.proj
+        return self.visual.ln_post(tokens) @ self.visual.proj
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         x, (h, w) = self.embed(x)
         b = x.shape[0]
         maps = []
-        for i in range(len(self.transformer.resblocks)):
+        for i in range(len(self.visual.transformer.resblocks)):
             x = self.run_block(i, x)
             if i in self.out_indices:
                 maps.append(x[:, 1:].transpose(1, 2).reshape(b, -1, h, w).contiguous())
         if self.with_necks:
-            feats = [neck(m) for neck, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps)]
-        else:
-            feats = maps
+            maps = [neck(m) for neck, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps)]
+        if self.embed_dim is None:
+            return EncoderOutput(features=maps, global_embedding=None, dense=None)
         out = self.project(x)
         dense = out[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
-        return EncoderOutput(features=feats, global_embedding=out[:, 0], dense=dense)
+        return EncoderOutput(features=maps, global_embedding=out[:, 0], dense=dense)

@@ -1,0 +1,127 @@
+"""open_clip CLIP models with pretrained weights from a local file, a weights folder, or the Hub.
+
+    clip = create_clip("RN50", "openai")          # OpenAI's RN50; offline, fails within seconds and says how
+    clip = create_clip("RN50", "/path/RN50.pt")   # OpenAI's TorchScript file, or a .safetensors / .bin
+    clip = create_clip("tiny", None, arch={...})  # random weights from an explicit open_clip config
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .hub import WeightsUnavailableError, hub_file
+
+WEIGHTS_DIR_ENV = "DENSECLIP_WEIGHTS_DIR"  # folder searched for CLIP weight files before the Hub
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _offline_help(model_name: str, tag: str, reason: str) -> str:
+    return (f"CLIP weights {model_name}/{tag} are not on this machine: {reason}. Either pass a local file "
+            f"(pretrained='/path/to/{model_name}.pt', OpenAI's file or an open_clip .safetensors/.bin), put it "
+            f"in the folder named by the {WEIGHTS_DIR_ENV} environment variable (as '{model_name}.pt' or "
+            f"'{model_name}-{tag}.safetensors'), or use pretrained=None for random weights (tests, UI checks).")
+
+
+def _find_in_weights_dir(model_name: str, tag: str) -> str | None:
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    for stem in (f"{model_name}-{tag}", f"{model_name}_{tag}", model_name, model_name.replace("-", "/")):
+        for ext in WEIGHT_SUFFIXES:
+            if (Path(folder) / f"{stem}{ext}").is_file():
+                return str(Path(folder) / f"{stem}{ext}")
+    return None
+
+
+def clip_weights_file(model_name: str, tag: str) -> Path:
+    """The weights file of an open_clip (model, tag): DENSECLIP_WEIGHTS_DIR, then the Hub (or its cache)."""
+    import open_clip
+
+    found = _find_in_weights_dir(model_name, tag)
+    if found:
+        return Path(found)
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        raise ValueError(f"no pretrained tag {tag!r} for {model_name}; available: "
+                         f"{open_clip.list_pretrained_tags_by_model(model_name)}")
+    hub = cfg.get("hf_hub", "").rstrip("/")
+    if not hub:
+        raise WeightsUnavailableError(_offline_help(model_name, tag, "its open_clip entry has no Hub repo"))
+    parts = hub.split("/")  # "org/repo" or "org/repo/file"
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    error: Exception | None = None
+    for name in names:
+        try:
+            return hub_file(repo_id, name, what=f"CLIP weights {model_name}/{tag}")
+        except (WeightsUnavailableError, FileNotFoundError) as e:
+            error = e
+    raise WeightsUnavailableError(_offline_help(model_name, tag, str(error))) from error
+
+
+def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """State dict of a CLIP checkpoint file: safetensors, torch (weights_only) or OpenAI TorchScript."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            is_jit = any(n.endswith("constants.pkl") for n in z.namelist())
+        if is_jit:  # OpenAI's RN50.pt etc. are TorchScript archives (no pickle of Python objects)
+            sd = torch.jit.load(str(path), map_location="cpu").state_dict()
+            return {k: v.float() for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        ckpt = ckpt["state_dict"]
+    return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+def create_clip(model_name: str, pretrained: str | None = None, arch: dict | None = None,
+                quick_gelu: bool = True) -> nn.Module:
+    """An open_clip CLIP model (fp32, eval mode, on CPU).
+
+    model_name: open_clip name ("RN50", "ViT-B-16", ...); arch: an explicit open_clip config instead
+    (embed_dim, vision_cfg, text_cfg) for tiny models. pretrained: None (random weights), an open_clip
+    tag ("openai") or a local checkpoint file. Tags are served from DENSECLIP_WEIGHTS_DIR, the Hub cache,
+    or the Hub; when none has them a WeightsUnavailableError explains what to do, within seconds.
+    """
+    import open_clip
+
+    if arch is None:
+        arch = open_clip.get_model_config(model_name)
+        if arch is None:
+            raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        if arch.get("custom_text") or "hf_model_name" in arch.get("text_cfg", {}):
+            raise ValueError(f"{model_name} has a custom text tower; DenseCLIP needs CLIP's own (RN50, ViT-B-16, ...)")
+    arch = {k: v for k, v in copy.deepcopy(arch).items() if k not in ("custom_text", "quick_gelu")}
+    model = open_clip.CLIP(**arch, quick_gelu=quick_gelu)
+    if pretrained:
+        path = Path(pretrained)
+        if not path.is_file():
+            if path.suffix in WEIGHT_SUFFIXES or os.sep in pretrained:
+                raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
+            path = clip_weights_file(model_name, pretrained)
+        try:
+            model.load_state_dict(load_clip_state_dict(path), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"weights in {path} do not fit open_clip {model_name}: {e}") from e
+    return model.eval()
+
+
+def clip_for(cfg: ModelConfig, pretrained: str | None = None) -> nn.Module | None:
+    """The open_clip model a config needs (None when it uses neither CLIP tower): with the `pretrained`
+    weights, or a random skeleton whose tensors a checkpoint will overwrite."""
+    if getattr(cfg, "backbone", "clip") != "clip" and cfg.prompt is None:
+        return None
+    return create_clip(cfg.clip_model, pretrained, cfg.clip_arch, cfg.quick_gelu)

@@ -1,0 +1,42 @@
+"""Files from the Hugging Face Hub, with huggingface_hub's own offline mode and timeout.
+
+    path = hub_file("timm/resnet50_clip.openai", "open_clip_model.safetensors")   # cache, or download
+
+Offline (`HF_HUB_OFFLINE=1`) or when the Hub does not answer one metadata request within
+`HF_HUB_ETAG_TIMEOUT` seconds (huggingface_hub's setting, 10 by default), a file that is not in the
+local cache raises `WeightsUnavailableError` at once, instead of huggingface_hub's retries with backoff
+(half a minute without DNS, minutes against a Hub that accepts connections but never answers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found locally nor downloaded; the message says what to do."""
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None = None, what: str | None = None) -> Path:
+    """`filename` of Hub repo `repo_id`: from the local cache, else downloaded (fails fast offline)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    what = what or f"{filename} of the Hub repo {repo_id!r}"
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if is_offline_mode():
+        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:  # one request, no retries: is the Hub there, and does it have the file?
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except LocalEntryNotFoundError as e:  # the download itself could not reach the Hub
+        raise WeightsUnavailableError(f"{what} could not be downloaded ({str(e)[:200]})") from e
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise FileNotFoundError(f"{what} does not exist on the Hub ({type(e).__name__})") from e
+    except Exception as e:  # no network, a stalled Hub, an interrupted download
+        raise WeightsUnavailableError(f"{what} could not be downloaded: the Hugging Face Hub did not answer "
+                                      f"({type(e).__name__}: {str(e)[:200]})") from e
