@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,14 +89,14 @@ def checkpoint_file(path_or_repo: str | Path, revision: str | None = None) -> Pa
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-                       optional: Sequence[str] = ()) -> None:
+                       name: Callable[[str], str] = str) -> None:
     """Load every tensor of `state` into `model`; any missing, unexpected or misshapen tensor is an error
-    that names them (keys starting with a prefix in `optional` may be absent)."""
+    that names them (as `name(key)` calls them: a foreign file's own key names)."""
     own = model.state_dict()
     unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state)
-                     if not k.endswith("num_batches_tracked") and not k.startswith(tuple(optional)))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+    missing = sorted(name(k) for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = [name(k) for k in unexpected]
+    wrong = [f"{name(k)}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in state if k in own and state[k].shape != own[k].shape]
     if unexpected or missing or wrong:
         def some(keys: list[str]) -> str:

@@ -58,11 +58,13 @@ def clip_weights_file(model_name: str, tag: str) -> Path:
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     error: Exception | None = None
-    for name in names:
+    for name in names:  # the next name only if the Hub answered that this one does not exist
         try:
             return hub_file(repo_id, name, what=f"CLIP weights {model_name}/{tag}")
-        except (WeightsUnavailableError, FileNotFoundError) as e:
+        except FileNotFoundError as e:
             error = e
+        except WeightsUnavailableError as e:
+            raise WeightsUnavailableError(_offline_help(model_name, tag, str(e))) from e
     raise WeightsUnavailableError(_offline_help(model_name, tag, str(error))) from error
 
 
@@ -104,14 +106,16 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
         if arch.get("custom_text") or "hf_model_name" in arch.get("text_cfg", {}):
             raise ValueError(f"{model_name} has a custom text tower; DenseCLIP needs CLIP's own (RN50, ViT-B-16, ...)")
-    arch = {k: v for k, v in copy.deepcopy(arch).items() if k not in ("custom_text", "quick_gelu")}
-    model = open_clip.CLIP(**arch, quick_gelu=quick_gelu)
-    if pretrained:
+    path = None
+    if pretrained:  # find the weights before building: a missing file fails in seconds, not after a build
         path = Path(pretrained)
         if not path.is_file():
             if path.suffix in WEIGHT_SUFFIXES or os.sep in pretrained:
                 raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
             path = clip_weights_file(model_name, pretrained)
+    arch = {k: v for k, v in copy.deepcopy(arch).items() if k not in ("custom_text", "quick_gelu")}
+    model = open_clip.CLIP(**arch, quick_gelu=quick_gelu)
+    if path is not None:
         try:
             model.load_state_dict(load_clip_state_dict(path), strict=True)
         except RuntimeError as e:

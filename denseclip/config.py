@@ -69,8 +69,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _coerce(value, options[0], where)
     if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, Mapping):
         return tp.from_dict(value, where)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise ValueError(f"{where} takes {len(kinds)} values, got {len(value)}: {list(value)}")
+        return tuple(_coerce(v, k, where) for v, k in zip(value, kinds))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

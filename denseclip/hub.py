@@ -4,13 +4,18 @@
 
 Offline (`HF_HUB_OFFLINE=1`) or when the Hub does not answer one metadata request within
 `HF_HUB_ETAG_TIMEOUT` seconds (huggingface_hub's setting, 10 by default), a file that is not in the
-local cache raises `WeightsUnavailableError` at once, instead of huggingface_hub's retries with backoff
-(half a minute without DNS, minutes against a Hub that accepts connections but never answers).
+local cache raises `WeightsUnavailableError`, instead of huggingface_hub's retries with backoff (half a
+minute without DNS, minutes against a Hub that accepts connections but never answers). After such a
+failure the Hub is not asked again for a minute: later requests fail at once.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+RETRY_AFTER = 60.0  # seconds without asking the Hub again after it did not answer
+_silent_until = 0.0
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -24,12 +29,16 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None, what: str
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
     from huggingface_hub.errors import RevisionNotFoundError
 
+    global _silent_until
     what = what or f"{filename} of the Hub repo {repo_id!r}"
     cached = try_to_load_from_cache(repo_id, filename, revision=revision)
     if isinstance(cached, str):
         return Path(cached)
     if is_offline_mode():
         raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    if time.monotonic() < _silent_until:
+        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and the Hub did not answer "
+                                      "a moment ago")
     try:  # one request, no retries: is the Hub there, and does it have the file?
         get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
         return Path(hf_hub_download(repo_id, filename, revision=revision))
@@ -38,5 +47,6 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None, what: str
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise FileNotFoundError(f"{what} does not exist on the Hub ({type(e).__name__})") from e
     except Exception as e:  # no network, a stalled Hub, an interrupted download
+        _silent_until = time.monotonic() + RETRY_AFTER
         raise WeightsUnavailableError(f"{what} could not be downloaded: the Hugging Face Hub did not answer "
                                       f"({type(e).__name__}: {str(e)[:200]})") from e

@@ -155,6 +155,11 @@ def translate(state: dict[str, torch.Tensor], use_text: bool) -> dict[str, torch
     return out
 
 
+def authors_name(key: str) -> str:
+    """Our key under the authors' name (for messages about their files)."""
+    return next((a + key[len(b):] for a, b in SEGMENTATION_KEYS if key.startswith(b)), key)
+
+
 def load_official(path: str | Path, base: DenseCLIPConfig | None = None,
                   class_names: tuple[str, ...] | None = None) -> tuple[DenseCLIPConfig, dict[str, torch.Tensor]]:
     """(config, state dict in our names) of an authors' segmentation checkpoint. `base` supplies what the

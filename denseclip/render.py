@@ -33,21 +33,36 @@ def render_labels(maps: torch.Tensor, num_classes: int, extent: tuple[float, flo
                   threshold: float | None = None, on: str = "score", logit_scale: float = 100.0) -> torch.Tensor:
     """Labels (H, W) int64: the argmax of the full-size maps over K' >= num_classes maps (maps past
     `num_classes` are background pseudo-classes -> BACKGROUND); with a threshold, pixels whose best score
-    (on="score") or best probability softmax(logit_scale * scores) (on="prob") is below it -> BACKGROUND."""
+    (on="score") or best probability softmax(logit_scale * scores) (on="prob") is below it -> BACKGROUND.
+
+    Memory: a few classes at a time (at most _CHUNK elements) plus four H x W planes (best score, 16-bit
+    labels, a mask, and the log-sum-exp for on="prob"), then the int64 result."""
     h, w = out_hw
-    best = torch.full((h, w), float("-inf"), device=maps.device)
-    labels = torch.zeros((h, w), dtype=torch.long, device=maps.device)
-    lse = torch.full((h, w), float("-inf"), device=maps.device) if threshold is not None and on == "prob" else None
+    k = maps.shape[0]
+    labels = torch.zeros((h, w), dtype=torch.int16 if k < 2**15 else torch.int32, device=maps.device)
+    best = lse = None
     step = max(1, _CHUNK // max(h * w, 1))
-    for c0 in range(0, maps.shape[0], step):
+    for c0 in range(0, k, step):
         s = upsample(maps[c0:c0 + step], out_hw, extent)
-        top, idx = s.max(dim=0)
-        better = top > best  # strict: the first class wins ties, like argmax
-        best, labels = torch.where(better, top, best), torch.where(better, idx + c0, labels)
-        if lse is not None:
-            lse = torch.logaddexp(lse, torch.logsumexp(logit_scale * s, dim=0))
+        top, idx = (s[0], None) if s.shape[0] == 1 else s.max(dim=0)
+        if best is None:
+            best = top.clone()
+            labels.fill_(c0) if idx is None else labels.copy_(idx)
+        else:
+            better = top > best  # strict: the first class wins ties, like argmax
+            if idx is None:
+                labels.masked_fill_(better, c0)
+            else:
+                labels = torch.where(better, (idx + c0).to(labels.dtype), labels)
+            torch.maximum(best, top, out=best)
+            del better
+        if threshold is not None and on == "prob":
+            part = torch.logsumexp(logit_scale * s, dim=0)
+            lse = part if lse is None else torch.logaddexp(lse, part, out=lse)
+        del s, top, idx
     labels[labels >= num_classes] = BACKGROUND
     if threshold is not None:
-        value = best if on == "score" else torch.exp(logit_scale * best - lse)
+        value = best if on == "score" else best.mul_(logit_scale).sub_(lse).exp_()
         labels[value < threshold] = BACKGROUND
-    return labels
+    del best, lse
+    return labels.long()

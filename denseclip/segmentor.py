@@ -187,13 +187,14 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
     `preset` gives the config when a file carries none; `class_names` overrides the stored names.
     Detection checkpoints load with `denseclip.load_detector`.
     """
-    from .official import load_official
+    from .official import authors_name, load_official
 
-    path = checkpoint_file(path_or_repo)
+    path, name = checkpoint_file(path_or_repo), str
     base = resolve(preset, DenseCLIPConfig) if preset is not None else None
     names = tuple(class_names) if class_names is not None else None
     if path.suffix in (".pth", ".pt"):
         cfg, state = load_official(path, base, names)
+        name = authors_name
     else:
         from safetensors.torch import load_file
 
@@ -207,5 +208,5 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
     if names is not None:
         cfg = cfg.replace(class_names=names)
     model = assemble(cfg, clip_for(cfg))
-    load_state_checked(model, state, str(path))
+    load_state_checked(model, state, str(path), name)
     return model.to(device).eval()

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from denseclip.data.seg_transforms import (
-    TestTransform,
     TrainTransform,
     _crop_box,
     hsv_to_rgb,
@@ -131,8 +130,3 @@ def test_same_rng_same_sample():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(ValueError, match="differ in size"):
         t(img, lab[:-1], np.random.default_rng(0))
-
-
-def test_test_transform_keep_ratio():
-    x = TestTransform(512, 2048)(np.zeros((300, 400, 3), np.uint8))
-    assert x.shape == (3, 512, 683)

@@ -9,16 +9,9 @@ import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN, RetinaNet
 
 import denseclip.detection.detector as detector_module
-from denseclip.detection import (
-    DetectionConfig,
-    aux_loss,
-    aux_target,
-    build_detector,
-    get_detection_preset,
-    list_detection_presets,
-    load_detector,
-    save_detector,
-)
+from denseclip import save_checkpoint
+from denseclip.config import DetectionConfig, get_preset, list_presets
+from denseclip.detection import aux_loss, aux_target, build_detector, load_detector
 
 TINY = ["denseclip-retinanet-tiny", "denseclip-maskrcnn-tiny", "retinanet-clip-tiny", "maskrcnn-clip-tiny"]
 
@@ -74,21 +67,23 @@ def test_pyramid_levels_names_and_shapes(preset, names, strides):
 
 def test_with_and_without_language_guidance_from_the_same_code():
     dense = build_detector("denseclip-retinanet-tiny", pretrained=False)
-    base = build_detector("denseclip-retinanet-tiny", pretrained=False, use_text=False)
+    base = build_detector("denseclip-retinanet-tiny", pretrained=False, prompt=None)
     assert isinstance(dense.detector, RetinaNet) and isinstance(base.detector, RetinaNet)
     k = dense.cfg.num_classes
-    c5 = dense.backbone.body.feature_channels[3]
+    c5 = dense.backbone.encoder.feature_channels[3]
     # score maps concatenated onto C5: the FPN's C5 lateral and P6 (on the input C5) take K more channels
     assert dense.backbone.fpn.inner_blocks[-1][0].in_channels == c5 + k
     assert base.backbone.fpn.inner_blocks[-1][0].in_channels == c5
     assert dense.backbone.fpn.extra_blocks.p6.in_channels == c5 + k
     assert base.backbone.fpn.extra_blocks.p6.in_channels == c5
     assert not dense.backbone.fpn.extra_blocks.use_P5
-    names = {n.split(".")[2] for n, _ in dense.named_parameters() if n.startswith("detector.backbone.")}
+    names = {n.split(".")[3] for n, _ in dense.named_parameters() if n.startswith("detector.backbone.prompting.")}
     assert {"text_encoder", "contexts", "gamma", "context_decoder"} <= names
     base_names = [n for n, _ in base.named_parameters()]
-    assert not any("text_encoder" in n or "attnpool" in n or "context" in n for n in base_names)
-    torch.testing.assert_close(dense.backbone.gamma.detach(), torch.full_like(dense.backbone.gamma, 1e-4))
+    assert not any("prompting" in n or "attnpool" in n for n in base_names) and base.backbone.prompting is None
+    gamma = dense.backbone.prompting.gamma
+    torch.testing.assert_close(gamma.detach(), torch.full_like(gamma, 1e-4))
+    assert dense.backbone.prompting.text_encoder.transformer is not base.backbone.encoder  # parts, not copies
     images, targets = _batch(False)
     assert "loss_aux" in dense(images, targets) and "loss_aux" not in base(images, targets)
     mrcnn = build_detector("denseclip-maskrcnn-tiny", pretrained=False)
@@ -100,9 +95,9 @@ def test_with_and_without_language_guidance_from_the_same_code():
 
 def test_positional_embedding_is_cropped_as_the_authors_do():
     model = build_detector("denseclip-retinanet-tiny", pretrained=False)
-    body = model.backbone.body
+    body = model.backbone.encoder
     assert body.pos_embed == "crop" and body.pos_grid == (4, 4)  # input_resolution 128 / 32
-    pos = body.attnpool.positional_embedding
+    pos = body.visual.attnpool.positional_embedding
     c5 = torch.randn(1, pos.shape[1], 3, 2)
     tokens = c5.flatten(2).transpose(1, 2)
     spatial = pos[1:].reshape(4, 4, -1)[:3, :2].reshape(6, -1)  # rows 0..2, columns 0..1 of the 4 x 4 grid
@@ -114,10 +109,10 @@ def test_positional_embedding_is_cropped_as_the_authors_do():
     big_tokens = big.flatten(2).transpose(1, 2)
     big_expected = torch.cat([big_tokens.mean(1, keepdim=True), big_tokens], 1) + resize_pos_embed(pos, (4, 4), (5, 2))
     torch.testing.assert_close(body.pool_tokens(big), big_expected)
-    resized = build_detector("denseclip-retinanet-tiny", pretrained=False, pos_embed="resize").backbone.body
+    resized = build_detector("denseclip-retinanet-tiny", pretrained=False, pos_embed="resize").backbone.encoder
     assert resized.pos_embed == "resize"
     torch.testing.assert_close(resized.pool_tokens(c5)[:, 1:] - tokens, resize_pos_embed(
-        resized.attnpool.positional_embedding, (4, 4), (3, 2))[1:].expand(1, -1, -1))
+        resized.visual.attnpool.positional_embedding, (4, 4), (3, 2))[1:].expand(1, -1, -1))
 
 
 # The authors' model zoo (detection/README): parameters in millions without the frozen text encoder.
@@ -133,25 +128,25 @@ AUTHORS_PARAMS_M = {
 def test_full_size_presets_have_the_authors_parameter_counts(preset):
     import open_clip
 
-    cfg = get_detection_preset(preset)
+    cfg = get_preset(preset)
     with torch.device("meta"):  # shapes only: no memory, no weights
         model = build_detector(cfg, pretrained=False, clip_arch=open_clip.get_model_config(cfg.clip_model))
     n = sum(p.numel() for name, p in model.named_parameters() if ".text_encoder." not in name)
     assert round(n / 1e6) == AUTHORS_PARAMS_M[preset]
-    assert model.backbone.body.feature_channels[3] == 2048
+    assert model.backbone.encoder.feature_channels[3] == 2048
 
 
 def test_presets_follow_the_paper():
     assert {"denseclip-retinanet-rn50-coco", "retinanet-clip-rn101-coco", "denseclip-maskrcnn-rn101-coco",
-            "maskrcnn-clip-rn50-coco"} <= set(list_detection_presets())
-    cfg = get_detection_preset("denseclip-retinanet-rn50-coco")
+            "maskrcnn-clip-rn50-coco"} <= set(list_presets(DetectionConfig))
+    cfg = get_preset("denseclip-retinanet-rn50-coco")
     assert (cfg.min_size, cfg.max_size, cfg.input_resolution, cfg.num_classes) == (800, 1333, 1344, 80)
-    assert (cfg.tau, cfg.aux_loss_weight, cfg.num_contexts, cfg.class_token_budget) == (0.07, 1.0, 8, 5)
-    assert get_detection_preset("maskrcnn-clip-rn50-coco").use_text is False
+    assert (cfg.tau, cfg.aux_loss_weight, cfg.prompt.num_contexts, cfg.prompt.class_token_budget) == (0.07, 1.0, 8, 5)
+    assert get_preset("maskrcnn-clip-rn50-coco").use_text is False
     assert DetectionConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(KeyError, match="unknown detection preset"):
-        get_detection_preset("nope")
-    with pytest.raises(ValueError, match="detector must be one of"):
+    with pytest.raises(KeyError, match="available presets"):
+        get_preset("nope")
+    with pytest.raises(ValueError, match="detector must be"):
         DetectionConfig(detector="fcos")
 
 
@@ -240,16 +235,16 @@ def test_param_groups_follow_the_authors_recipe():
     where = {id(p): (g["lr_mult"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     for name, p in named.items():
-        if name.startswith("detector.backbone.text_encoder."):
+        if name.startswith("detector.backbone.prompting.text_encoder."):
             assert id(p) not in where and not p.requires_grad, name  # frozen text encoder: left out
-        elif name.startswith("detector.backbone.body."):
+        elif name.startswith("detector.backbone.encoder."):
             assert where[id(p)] == (0.1, 1e-4), name  # CLIP image tower x0.1, its BN decays too (mmcv keys)
         elif "norm" in name:
             assert where[id(p)] == (1.0, 0.0), name
         else:
             assert where[id(p)] == (1.0, 1e-4), name
-    assert where[id(named["detector.backbone.context_decoder.decoder.0.norm1.weight"])] == (1.0, 0.0)
-    assert where[id(named["detector.backbone.contexts"])] == (1.0, 1e-4)
+    assert where[id(named["detector.backbone.prompting.context_decoder.decoder.0.norm1.weight"])] == (1.0, 0.0)
+    assert where[id(named["detector.backbone.prompting.contexts"])] == (1.0, 1e-4)
 
 
 # ----------------------------------------------------------------------------- checkpoints and errors
@@ -258,7 +253,7 @@ def test_save_load_round_trip(tmp_path):
     images, _ = _batch(True)
     with torch.no_grad():
         before = model(images)
-    save_detector(model, tmp_path / "run")
+    save_checkpoint(model, tmp_path / "run")
     loaded = load_detector(tmp_path / "run")
     assert loaded.cfg == model.cfg and not loaded.training
     with torch.no_grad():
@@ -266,7 +261,7 @@ def test_save_load_round_trip(tmp_path):
     for a, b in zip(before, after):
         for k in ("boxes", "scores", "labels", "masks"):
             torch.testing.assert_close(a[k], b[k])
-    file = save_detector(model, tmp_path / "single.safetensors")
+    file = save_checkpoint(model, tmp_path / "single.safetensors")
     assert load_detector(file).cfg == model.cfg
     with pytest.raises(FileNotFoundError):
         load_detector(tmp_path / "missing.safetensors")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from denseclip.config import TINY_DET_CLASSES
 from denseclip.detection import (
-    TINY_DET_CLASSES,
     CocoDetection,
     build_detector,
     coco_eval,

@@ -70,11 +70,11 @@ def _reference_attention_pool(pool, c5, src_grid):
 def test_resnet_dense_equals_reference_attention_pool(tiny_rn_clip, size):
     randomize_bn(tiny_rn_clip.visual)
     enc = CLIPResNetEncoder(tiny_rn_clip.visual, input_resolution=128).eval()  # pos grid 2x2 -> 4x4 at build
-    assert enc.pos_grid == (4, 4) and enc.attnpool.positional_embedding.shape[0] == 17
+    assert enc.pos_grid == (4, 4) and enc.visual.attnpool.positional_embedding.shape[0] == 17
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         out = enc(x)
-        g, d = _reference_attention_pool(enc.attnpool, out.features[-1], (4, 4))
+        g, d = _reference_attention_pool(enc.visual.attnpool, out.features[-1], (4, 4))
     torch.testing.assert_close(out.global_embedding, g, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.dense, d, atol=1e-5, rtol=1e-5)
 
@@ -84,15 +84,21 @@ def test_resnet_resize_at_build_matches_authors_load_resize(tiny_rn_clip):
     pos0 = tiny_rn_clip.visual.attnpool.positional_embedding.detach().clone()
     enc = CLIPResNetEncoder(tiny_rn_clip.visual, input_resolution=512)
     ref = resize_pos_embed(pos0, (2, 2), (16, 16))
-    torch.testing.assert_close(enc.attnpool.positional_embedding.detach(), ref)
-    assert isinstance(enc.attnpool.positional_embedding, torch.nn.Parameter)
+    torch.testing.assert_close(enc.visual.attnpool.positional_embedding.detach(), ref)
+    assert isinstance(enc.visual.attnpool.positional_embedding, torch.nn.Parameter)
 
 
-def test_resnet_parameter_names_are_open_clips(tiny_rn_clip):
+def test_resnet_keeps_the_open_clip_tower_intact(tiny_rn_clip):
     enc = CLIPResNetEncoder(tiny_rn_clip.visual)
-    ours = set(enc.state_dict())
-    theirs = set(tiny_rn_clip.visual.state_dict())
-    assert ours == theirs
+    assert enc.visual is tiny_rn_clip.visual
+    assert set(enc.state_dict()) == {f"visual.{k}" for k in tiny_rn_clip.visual.state_dict()}
+
+
+def test_resnet_without_embeddings_drops_the_attention_pool(tiny_rn_clip):
+    enc = CLIPResNetEncoder(tiny_rn_clip.visual, embeddings=False)
+    assert enc.embed_dim is None and not any("attnpool" in k for k in enc.state_dict())
+    out = enc(torch.randn(1, 3, 64, 64))
+    assert out.dense is None and out.global_embedding is None and len(out.features) == 4
 
 
 def test_vit_faithful_global_equals_encode_image(tiny_vit_clip):
@@ -148,12 +154,13 @@ def test_vit_necks_structure_matches_authors(tiny_vit_clip):
     assert isinstance(enc.fpn3, torch.nn.GroupNorm) and enc.fpn3.num_groups == 1
     assert [type(m).__name__ for m in enc.fpn4] == ["GroupNorm", "MaxPool2d"]
     keys = set(enc.state_dict())
-    assert {"class_embedding", "positional_embedding", "proj", "conv1.weight", "fpn1.2.running_mean"} <= keys
+    assert {"visual.class_embedding", "visual.positional_embedding", "visual.proj", "visual.conv1.weight",
+            "fpn1.2.running_mean"} <= keys
 
 
 def test_vit_pos_embed_resized_at_build_and_non_square(tiny_vit_clip):
     enc = CLIPViTEncoder(tiny_vit_clip.visual, input_resolution=128, out_indices=(0, 1, 2, 3)).eval()
-    assert enc.positional_embedding.shape[0] == 1 + 8 * 8
+    assert enc.visual.positional_embedding.shape[0] == 1 + 8 * 8
     with torch.no_grad():
         out = enc(torch.randn(1, 3, 96, 160))
     assert out.dense.shape == (1, 32, 6, 10)

@@ -10,7 +10,11 @@ from PIL import Image
 
 import denseclip
 from denseclip.data.transforms import keep_ratio_size, normalize_image
-from denseclip.inference import slide_logits, slide_windows
+from denseclip import TestConfig
+from denseclip.inference import _logits, slide, slide_windows
+
+
+WHOLE = TestConfig(mode="whole", short_side=64, max_long_side=256)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_keep_ratio_size_is_mmcv_rescale():
 def test_slide_logits_average_overlaps(model):
     x = normalize_image(torch.rand(1, 3, 64, 112) * 255)
     with torch.no_grad():
-        out = slide_logits(model, x, crop=64, stride=48)
+        out = slide(lambda crops: _logits(model, crops), x, crop=64, stride=48)
         # by hand: windows at x=0 and x=48; overlap 48..64 averaged
         a = F.interpolate(model(x[..., 0:64]), size=(64, 64), mode="bilinear", align_corners=False)
         b = F.interpolate(model(x[..., 48:112]), size=(64, 64), mode="bilinear", align_corners=False)
@@ -54,14 +58,14 @@ def test_slide_logits_average_overlaps(model):
 def test_slide_batching_does_not_change_results(model):
     x = normalize_image(torch.rand(1, 3, 100, 150) * 255)
     with torch.no_grad():
-        one = slide_logits(model, x, 64, 40, batch_size=1)
-        many = slide_logits(model, x, 64, 40, batch_size=5)
+        one = slide(lambda crops: _logits(model, crops), x, 64, 40, batch=1)
+        many = slide(lambda crops: _logits(model, crops), x, 64, 40, batch=5)
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
 
 
 def test_predict_whole_equals_manual_pipeline(model):
     rgb = (np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8)
-    r = denseclip.predict(model, rgb, mode="whole")
+    r = denseclip.predict(model, rgb, WHOLE)
     # by hand: resize short side to 64 (64 x 107), normalise, logits, resize to 64x107, to 48x80, softmax
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=(64, 107), mode="bilinear", align_corners=False)
@@ -72,25 +76,27 @@ def test_predict_whole_equals_manual_pipeline(model):
     torch.testing.assert_close(r.probs, probs, atol=1e-5, rtol=1e-5)
     assert torch.equal(r.labels, probs.argmax(0))
     assert r.labels.shape == (48, 80) and r.class_names == model.class_names
-    assert r.seconds > 0 and r.info["input_size"] == (48, 80)
+    assert r.seconds > 0 and r.info["input_size"] == (48, 80) and r.info["test"]["mode"] == "whole"
 
 
 def test_predict_slide_with_one_window_equals_whole(model):
     rgb = (np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)
-    a = denseclip.predict(model, rgb, mode="whole")
-    b = denseclip.predict(model, rgb, mode="slide", crop=64, stride=48)
+    a = denseclip.predict(model, rgb, WHOLE)
+    b = denseclip.predict(model, rgb, TestConfig(mode="slide", crop=64, stride=48, short_side=64))
     torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=1e-5)
 
 
 def test_predict_flip_and_scales_average(model):
     rgb = (np.random.default_rng(2).random((64, 96, 3)) * 255).astype(np.uint8)
-    plain = denseclip.predict(model, rgb, mode="whole")
-    flipped = denseclip.predict(model, rgb[:, ::-1].copy(), mode="whole")
-    both = denseclip.predict(model, rgb, mode="whole", flip=True)
+    plain = denseclip.predict(model, rgb, WHOLE)
+    flipped = denseclip.predict(model, rgb[:, ::-1].copy(), WHOLE)
+    both = denseclip.predict(model, rgb, WHOLE.replace(flip=True))
     torch.testing.assert_close(both.probs, (plain.probs + flipped.probs.flip(-1)) / 2, atol=1e-5, rtol=1e-5)
-    ms = denseclip.predict(model, rgb, mode="whole", scales=(0.75, 1.0, 1.5))
+    ms = denseclip.predict(model, rgb, WHOLE.replace(scales=(0.75, 1.0, 1.5)))
     torch.testing.assert_close(ms.probs.sum(0), torch.ones(64, 96), atol=1e-4, rtol=0)
-    assert ms.info["scales"] == (0.75, 1.0, 1.5)
+    assert ms.info["test"]["scales"] == [0.75, 1.0, 1.5]
+    parts = [denseclip.predict(model, rgb, WHOLE.replace(scales=(s,))).probs for s in (0.75, 1.0, 1.5)]
+    torch.testing.assert_close(ms.probs, sum(parts) / 3, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("make", [
@@ -103,22 +109,28 @@ def test_predict_flip_and_scales_average(model):
 ])
 def test_predict_accepts_any_image_kind(model, make):
     rgb = (np.random.default_rng(3).random((40, 56, 3)) * 255).astype(np.uint8)
-    r = denseclip.predict(model, make(rgb), mode="whole")
+    r = denseclip.predict(model, make(rgb), WHOLE)
     assert r.labels.shape == (40, 56) and r.probs.shape == (5, 40, 56)
     assert r.coverage().sum() == pytest.approx(1.0)
 
 
 def test_predict_restores_training_mode_and_validates_mode(model):
     model.train()
-    denseclip.predict(model, np.zeros((40, 40, 3), np.uint8), mode="whole")
+    denseclip.predict(model, np.zeros((40, 40, 3), np.uint8), WHOLE)
     assert model.training
     model.eval()
     with pytest.raises(ValueError, match="whole"):
-        denseclip.predict(model, np.zeros((40, 40, 3), np.uint8), mode="sliding")
+        denseclip.predict(model, np.zeros((40, 40, 3), np.uint8), WHOLE.replace(mode="sliding"))
+
+
+def test_predict_follows_the_models_test_pipeline_by_default(model):
+    rgb = (np.random.default_rng(5).random((48, 80, 3)) * 255).astype(np.uint8)
+    assert model.cfg.test.mode == "whole" and model.cfg.test.short_side == 64
+    torch.testing.assert_close(denseclip.predict(model, rgb).probs, denseclip.predict(model, rgb, WHOLE).probs)
 
 
 def test_predict_bf16_autocast_close(model):
     rgb = (np.random.default_rng(4).random((64, 64, 3)) * 255).astype(np.uint8)
-    a = denseclip.predict(model, rgb, mode="whole")
-    b = denseclip.predict(model, rgb, mode="whole", amp_dtype=torch.bfloat16)
+    a = denseclip.predict(model, rgb, WHOLE)
+    b = denseclip.predict(model, rgb, WHOLE, amp_dtype=torch.bfloat16)
     assert (a.probs - b.probs).abs().max() < 0.1

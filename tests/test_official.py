@@ -18,8 +18,8 @@ from torch import nn
 
 import denseclip
 from denseclip.config import DenseCLIPConfig
-from denseclip.inference import _encode_decode, slide_logits
-from denseclip.official import config_from_official, read_official_checkpoint
+from denseclip.inference import _logits, slide
+from denseclip.official import config_from_official, read_official_checkpoint, translate
 from denseclip.vocab import ADE20K_CLASSES
 
 RN_NAMES = tuple(ADE20K_CLASSES[:5])  # wall, building, sky, floor, tree
@@ -92,7 +92,7 @@ def check_parity(ours: nn.Module, ref: nn.Module, size) -> tuple[float, float]:
         out = ours.forward_dense(x)
         mine = out["logits"]
         e_head = rel_err(mine, theirs)
-        e_full = rel_err(_encode_decode(lambda _: mine, x), ref.resize_to(theirs, x))  # our resize code path
+        e_full = rel_err(_logits(lambda _: mine, x), ref.resize_to(theirs, x))  # our resize code path
     assert mine.shape == (size[0], ref.decode_head.conv_seg.out_channels, *theirs.shape[2:])
     assert theirs.abs().max() > 1e-3  # a meaningful comparison, not two near-zero tensors
     assert e_head <= TOL, f"decode-head logits differ: max rel err {e_head:.2e} at {size}"
@@ -157,15 +157,33 @@ def test_resnet_checkpoint_config_is_read_off_the_tensors(rn_loaded, rn_ref):
     assert not m.training
     assert cfg.class_names == RN_NAMES
     assert cfg.clip_arch["vision_cfg"]["layers"] == [1, 2, 1, 1]
-    assert (cfg.num_contexts, cfg.class_token_budget, cfg.score_concat_index, cfg.use_text) == (8, 5, 3, True)
-    assert (cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers) == (64, 1, 3)
+    p = cfg.prompt
+    assert (p.num_contexts, p.class_token_budget, cfg.score_concat_index, cfg.use_text) == (8, 5, 3, True)
+    assert (p.decoder_width, p.decoder_heads, p.decoder_layers) == (64, 1, 3)
     assert (cfg.neck_channels, cfg.head_channels, cfg.input_resolution) == (32, 16, 96)
-    assert m.backbone.num_heads == rn_ref.backbone.attnpool.heads == 32
+    assert m.encoder.num_heads == rn_ref.backbone.attnpool.heads == 32
     # every tensor of their state dict (but the unused identity head) was loaded, bit for bit
-    ours = m.state_dict()
-    for k, v in rn_ref.state_dict().items():
-        if not k.startswith("identity_head."):
-            assert torch.equal(ours[k], v), k
+    theirs = rn_ref.state_dict()
+    ours = translate(theirs, use_text=True)
+    assert len(ours) == len(theirs) - sum(k.startswith("identity_head.") for k in theirs)
+    assert set(ours) == {k for k in m.state_dict() if not k.endswith("num_batches_tracked")} | \
+        {k for k in ours if k.endswith("num_batches_tracked")}
+    for k, v in ours.items():
+        assert torch.equal(m.state_dict()[k], v), k
+    assert {"encoder.visual.attnpool.q_proj.weight", "prompting.contexts", "head.conv_seg.weight"} <= set(ours)
+
+
+def test_key_translation_is_a_table_of_prefixes():
+    sd = {"backbone.fpn1.0.weight": 1, "backbone.conv1.weight": 2, "text_encoder.ln_final.weight": 3,
+          "context_decoder.out_proj.1.bias": 4, "contexts": 5, "gamma": 6, "decode_head.conv_seg.bias": 7,
+          "neck.fpn_convs.0.conv.weight": 8, "identity_head.conv_seg.weight": 9}
+    assert translate(sd, use_text=True) == {
+        "encoder.fpn1.0.weight": 1, "encoder.visual.conv1.weight": 2, "prompting.text_encoder.ln_final.weight": 3,
+        "prompting.context_decoder.out_proj.1.bias": 4, "prompting.contexts": 5, "prompting.gamma": 6,
+        "head.conv_seg.bias": 7, "neck.fpn_convs.0.conv.weight": 8}
+    assert translate({"backbone.attnpool.c_proj.bias": 1, "backbone.proj": 2}, use_text=False) == {}
+    with pytest.raises(ValueError, match="unexpected tensor 'roi_head.x'"):
+        translate({"roi_head.x": 1}, use_text=True)
 
 
 @pytest.mark.parametrize("size", RN_SIZES, ids=lambda s: "x".join(map(str, s)))
@@ -190,7 +208,7 @@ def test_resnet_context_decoder_matters(rn_loaded, rn_ref):
 def test_slide_inference_matches_authors(rn_loaded, rn_ref):
     x = image(1, 96, 150, seed=7)
     with torch.no_grad():
-        err = rel_err(slide_logits(rn_loaded, x, 96, 64), authors_slide_inference(rn_ref, x, 96, 64))
+        err = rel_err(slide(lambda c: _logits(rn_loaded, c), x, 96, 64), authors_slide_inference(rn_ref, x, 96, 64))
     assert err <= TOL
 
 
@@ -201,9 +219,9 @@ def test_slide_inference_matches_authors(rn_loaded, rn_ref):
 
 def test_vit_checkpoint_config_is_read_off_the_tensors(vit_loaded):
     cfg = vit_loaded.cfg
-    assert cfg.is_vit and cfg.vit_official_cls
+    assert "patch_size" in cfg.clip_arch["vision_cfg"] and cfg.vit_official_cls
     assert cfg.class_names == VIT_NAMES
-    assert (cfg.score_concat_index, cfg.num_contexts, cfg.class_token_budget) == (2, 8, 5)
+    assert (cfg.score_concat_index, cfg.prompt.num_contexts, cfg.prompt.class_token_budget) == (2, 8, 5)
     assert cfg.vit_out_indices == (0, 1, 2, 3)
     assert cfg.clip_arch["vision_cfg"]["layers"] == 4 and cfg.clip_arch["vision_cfg"]["patch_size"] == 16
 
@@ -219,12 +237,12 @@ def test_vit_class_token_convention_matters(vit_loaded, vit_ref):
     x = image(1, 128, 128, seed=3)
     with torch.no_grad():
         theirs_global, theirs_dense = vit_ref.backbone(x)[4]
-        ours = vit_loaded.backbone(x)
-        vit_loaded.backbone.official_cls = False
+        ours = vit_loaded.encoder(x)
+        vit_loaded.encoder.official_cls = False
         try:
-            faithful = vit_loaded.backbone(x).global_embedding
+            faithful = vit_loaded.encoder(x).global_embedding
         finally:
-            vit_loaded.backbone.official_cls = True
+            vit_loaded.encoder.official_cls = True
     assert rel_err(ours.global_embedding, theirs_global) <= TOL and rel_err(ours.dense, theirs_dense) <= TOL
     assert rel_err(faithful, theirs_global) > 100 * TOL
 

@@ -70,14 +70,14 @@ def test_losses_equal_their_formulas(batch):
 def test_score_maps_feed_the_neck_and_follow_the_formula(batch):
     model = build_model("denseclip-tiny-rn", pretrained=False).eval()
     with torch.no_grad():
-        model.gamma.fill_(0.5)
-        enc = model.backbone(batch[0])
+        model.prompting.gamma.fill_(0.5)
+        enc = model.encoder(batch[0])
         out = model.forward_dense(batch[0])
-        t = model.text_embeddings()
+        t = model.prompting.text_embeddings()
         b, d, h, w = enc.dense.shape
         ctx = torch.cat([enc.global_embedding[:, None], enc.dense.flatten(2).transpose(1, 2)], dim=1)
         t2 = t[None].expand(b, -1, -1)
-        t2 = t2 + 0.5 * model.context_decoder(t2, ctx)
+        t2 = t2 + 0.5 * model.prompting.context_decoder(t2, ctx)
         s = torch.einsum("bchw,bkc->bkhw", F.normalize(enc.dense, dim=1), F.normalize(t2, dim=2))
     torch.testing.assert_close(out["score_map"], s, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["text_embeddings"], t2, atol=1e-5, rtol=1e-5)
@@ -87,12 +87,24 @@ def test_score_maps_feed_the_neck_and_follow_the_formula(batch):
 def test_gradients_reach_trainable_parts_not_frozen_text_encoder(batch):
     model = build_model("denseclip-tiny-rn", pretrained=False).train()
     model(*batch)["loss"].backward()
-    assert model.contexts.grad is not None and model.contexts.grad.abs().sum() > 0
-    assert model.gamma.grad is not None and model.gamma.grad.abs().sum() > 0
-    assert all(p.grad is not None for p in model.context_decoder.parameters())
-    assert model.decode_head.conv_seg.weight.grad.abs().sum() > 0
-    assert model.backbone.layer1[0].conv1.weight.grad is not None
-    assert all(p.grad is None and not p.requires_grad for p in model.text_encoder.parameters())
+    prompting = model.prompting
+    assert prompting.contexts.grad is not None and prompting.contexts.grad.abs().sum() > 0
+    assert prompting.gamma.grad is not None and prompting.gamma.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in prompting.context_decoder.parameters())
+    assert model.head.conv_seg.weight.grad.abs().sum() > 0
+    assert model.encoder.visual.layer1[0].conv1.weight.grad is not None
+    assert all(p.grad is None and not p.requires_grad for p in prompting.text_encoder.parameters())
+
+
+def test_unfrozen_text_encoder_trains_at_the_backbone_lr(batch):
+    model = build_model("denseclip-tiny-rn", pretrained=False, prompt={"freeze_text_encoder": False})
+    model(*batch)["loss"].backward()
+    assert all(p.requires_grad for p in model.prompting.text_encoder.parameters())
+    assert model.prompting.text_encoder.token_embedding.weight.grad is not None
+    groups = model.param_groups(lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    emb = model.prompting.text_encoder.token_embedding.weight
+    assert by_param[id(emb)]["lr"] == pytest.approx(1e-5)
 
 
 def test_param_groups_follow_the_authors_recipe():
@@ -100,41 +112,42 @@ def test_param_groups_follow_the_authors_recipe():
     groups = model.param_groups(lr=1e-4, weight_decay=1e-4)
     by_param = {id(p): g for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
-    assert by_param[id(named["backbone.conv1.weight"])]["lr"] == pytest.approx(1e-5)
-    assert by_param[id(named["contexts"])]["lr"] == pytest.approx(1e-4)
-    assert by_param[id(named["context_decoder.decoder.0.norm1.weight"])]["weight_decay"] == 0.0
+    assert by_param[id(named["encoder.visual.conv1.weight"])]["lr"] == pytest.approx(1e-5)
+    assert by_param[id(named["prompting.contexts"])]["lr"] == pytest.approx(1e-4)
+    assert by_param[id(named["prompting.context_decoder.decoder.0.norm1.weight"])]["weight_decay"] == 0.0
     # "norm" is matched by name only: the LayerNorm at memory_proj.0 keeps its decay, as in mmcv
-    assert by_param[id(named["context_decoder.memory_proj.0.weight"])]["weight_decay"] == 1e-4
-    assert by_param[id(named["decode_head.scale_heads.0.0.bn.weight"])]["weight_decay"] == 1e-4
-    assert not any(n.startswith("text_encoder.") and id(p) in by_param for n, p in named.items())
+    assert by_param[id(named["prompting.context_decoder.memory_proj.0.weight"])]["weight_decay"] == 1e-4
+    assert by_param[id(named["head.scale_heads.0.0.bn.weight"])]["weight_decay"] == 1e-4
+    assert not any(n.startswith("prompting.text_encoder.") and id(p) in by_param for n, p in named.items())
     total = sum(p.numel() for g in groups for p in g["params"])
     assert total == sum(p.numel() for n, p in named.items() if p.requires_grad)
 
 
 def test_contexts_and_gamma_init():
-    model = build_model(get_preset("denseclip-tiny-rn").replace(num_contexts=8, decoder_width=64), pretrained=False)
-    assert model.contexts.shape == (1, 8, 32)
-    assert model.contexts.abs().max() <= 2.0  # trunc_normal_ defaults: std 1, cut at +-2
-    assert 0.6 < model.contexts.std().item() < 1.1
-    torch.testing.assert_close(model.gamma.detach(), torch.full((32,), 1e-4))
-    phrase = build_model("denseclip-tiny-rn", pretrained=False, context_init="a photo of a")
+    cfg = get_preset("denseclip-tiny-rn").replace(prompt={"num_contexts": 8, "decoder_width": 64})
+    prompting = build_model(cfg, pretrained=False).prompting
+    assert prompting.contexts.shape == (1, 8, 32)
+    assert prompting.contexts.abs().max() <= 2.0  # trunc_normal_ defaults: std 1, cut at +-2
+    assert 0.6 < prompting.contexts.std().item() < 1.1
+    torch.testing.assert_close(prompting.gamma.detach(), torch.full((32,), 1e-4))
+    phrase = build_model("denseclip-tiny-rn", pretrained=False, prompt={"context_init": "a photo of a"}).prompting
     from denseclip.prompting import phrase_embeddings
 
     torch.testing.assert_close(phrase.contexts[0].detach(), phrase_embeddings(phrase.text_encoder.token_embedding,
                                                                                "a photo of a"))
     with pytest.raises(ValueError, match="num_contexts"):
-        build_model("denseclip-tiny-rn", pretrained=False, context_init="a photo")
+        build_model("denseclip-tiny-rn", pretrained=False, prompt={"context_init": "a photo"})
 
 
 def test_text_cache_used_in_eval_and_invalidated(batch):
     model = build_model("denseclip-tiny-rn", pretrained=False).eval()
     calls = []
-    model.text_encoder.register_forward_hook(lambda *a: calls.append(1))
+    model.prompting.text_encoder.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
         model(batch[0])
         model(batch[0])
         assert len(calls) == 1
-        model.contexts.add_(0.1)  # parameters changed -> recompute
+        model.prompting.contexts.add_(0.1)  # parameters changed -> recompute
         model(batch[0])
         assert len(calls) == 2
         model.set_class_names(["a", "b", "c", "d", "e"])
@@ -147,19 +160,29 @@ def test_text_cache_used_in_eval_and_invalidated(batch):
 
 
 def test_pre_model_prompting_and_no_decoder_variants(batch):
-    pre = build_model("denseclip-tiny-rn", pretrained=False, pre_model_prompting=True, context_decoder=False)
+    pre = build_model("denseclip-tiny-rn", pretrained=False,
+                      prompt={"pre_model_prompting": True, "context_decoder": False})
     losses = pre(*batch)
     losses["loss"].backward()
-    assert pre.pre_prompter.queries.grad is not None and pre.context_decoder is None
+    assert pre.prompting.pre_prompter.queries.grad is not None and pre.prompting.context_decoder is None
     with torch.no_grad():
         assert pre.eval()(batch[0]).shape == (2, 5, 16, 24)
 
 
 def test_baseline_has_no_text_parts():
     model = build_model("fpn-clip-tiny-rn", pretrained=False)
-    assert not hasattr(model, "text_encoder") and not hasattr(model, "contexts")
+    assert model.prompting is None and not model.cfg.use_text
+    assert not hasattr(model, "text_embeddings") and not hasattr(model, "contexts")
     assert model.neck.lateral_convs[3].conv.in_channels == 256
-    assert not any(k.startswith(("text_encoder", "context_decoder")) for k in model.state_dict())
+    # nothing without a gradient (DDP's "unused parameters"): no text side, no attention pool
+    assert not any(k.startswith("prompting") or ".attnpool." in k for k in model.state_dict())
+
+
+def test_baseline_every_parameter_gets_a_gradient(batch):
+    for preset, extra in (("fpn-clip-tiny-rn", {}), ("denseclip-tiny-vit", {"prompt": None})):
+        model = build_model(preset, pretrained=False, **extra)
+        model(*batch)["loss"].backward()
+        assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_vit_concat_index_two(batch):
@@ -174,7 +197,7 @@ def test_timm_backbone_guided_by_text(batch):
     losses = model(*batch)
     assert set(losses) == {"loss_seg", "loss_aux", "loss"}
     losses["loss"].backward()
-    assert model.backbone.proj.weight.grad is not None
+    assert model.encoder.proj.weight.grad is not None
 
 
 def test_channels_last_and_bf16_autocast(batch):
@@ -189,16 +212,17 @@ def test_channels_last_and_bf16_autocast(batch):
     assert (bf.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.randn(1, 4, 64, 64), "3 channels"),
-    (torch.randn(3, 64, 64), r"\(B, 3, H, W\)"),
-    (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
-    (torch.randn(1, 3, 16, 16), "at least 32"),
-])
-def test_bad_images_raise_clear_errors(bad, match):
+@pytest.mark.parametrize("bad", [torch.randn(1, 4, 64, 64), torch.randn(3, 64, 64)])
+def test_bad_image_shapes_raise_clear_errors(bad):
     model = build_model("denseclip-tiny-rn", pretrained=False).eval()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(bad)
+
+
+def test_non_finite_images_are_refused_at_the_api_edge():
+    model = build_model("denseclip-tiny-rn", pretrained=False).eval()
+    with pytest.raises(ValueError, match="NaN"):
+        denseclip.predict(model, torch.full((3, 64, 64), float("nan")))
 
 
 @pytest.mark.parametrize("names, match", [
@@ -214,7 +238,7 @@ def test_bad_class_names(names, match):
 
 def test_bad_labels(batch):
     model = build_model("denseclip-tiny-rn", pretrained=False)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises((IndexError, RuntimeError), match="out of bounds"):  # cross_entropy's own check
         model(batch[0], torch.full((2, 64, 96), 7))
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         model(batch[0], torch.zeros(64, 96, dtype=torch.long))
@@ -231,6 +255,10 @@ def test_unknown_preset_and_field():
         build_model("nope", pretrained=False)
     with pytest.raises(KeyError, match="unknown DenseCLIPConfig field"):
         build_model("denseclip-tiny-rn", pretrained=False, num_context=3)
+    with pytest.raises(KeyError, match="unknown DenseCLIPConfig.prompt field"):
+        build_model("denseclip-tiny-rn", pretrained=False, prompt={"num_context": 3})
+    with pytest.raises(TypeError, match="build_detector"):
+        build_model("denseclip-retinanet-tiny", pretrained=False)
 
 
 def test_public_api_exports():

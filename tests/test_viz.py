@@ -229,19 +229,7 @@ def test_scoremap_gallery_items_and_captions():
         viz.scoremap_gallery(scores, NAMES[:2])
 
 
-# ------------------------------------------------------------------------------------ coverage / segmentation
-
-def test_coverage_fractions():
-    lab = np.array([[0, 0, 1, 1], [0, 2, 2, 255]])
-    cov = viz.coverage(lab, 4)
-    assert cov.shape == (4,) and cov.sum() == pytest.approx(1.0)
-    assert cov.tolist() == pytest.approx([3 / 7, 2 / 7, 2 / 7, 0.0])
-    assert viz.coverage(rand_labels(), 5).sum() == pytest.approx(1.0)
-    assert viz.coverage(np.full((2, 2), 255), 3).tolist() == [0.0, 0.0, 0.0]
-    assert viz.coverage(torch.from_numpy(lab), 4).tolist() == pytest.approx(cov.tolist())
-    with pytest.raises(ValueError, match="num_classes"):
-        viz.coverage(lab, 2)
-
+# ------------------------------------------------------------------------------------ coverage
 
 def test_coverage_figure_bars_in_descending_order():
     frac = np.array([0.1, 0.5, 0.0, 0.25, 0.15])
@@ -254,19 +242,6 @@ def test_coverage_figure_bars_in_descending_order():
     assert len(viz.coverage_figure(frac, NAMES).axes[0].patches) == 4  # zero classes skipped
     with pytest.raises(ValueError, match=r"\(K,\)"):
         viz.coverage_figure(frac[:3], NAMES)
-
-
-def test_segmentation_figure_legend_lists_present_classes():
-    lab = np.zeros((24, 32), dtype=np.int64)
-    lab[:, 20:] = 3
-    lab[:4, :4] = 1
-    lab[-2:, :] = 255
-    fig = viz.segmentation_figure(rand_image(), torch.from_numpy(lab), NAMES)
-    ax = image_axes(fig)[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["wall", "road", "sky"]
-    assert viz.segmentation_figure(rand_image(), lab, NAMES, legend=False).axes[0].get_legend() is None
-    with pytest.raises(ValueError, match="class names"):
-        viz.segmentation_figure(rand_image(), np.full((24, 32), 7), NAMES, palette=viz.make_palette(10))
 
 
 # ------------------------------------------------------------------------------------ output

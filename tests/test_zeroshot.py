@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from conftest import make_clip, randomize_bn
 from PIL import Image
 
+import denseclip.render as render
+from denseclip.clip import WEIGHTS_DIR_ENV
 from denseclip.config import TINY_RN_ARCH, TINY_VIT_ARCH
+from denseclip.hub import WeightsUnavailableError
 from denseclip.inference import slide_windows
-from denseclip.render import render_maps, resample
-from denseclip.weights import WEIGHTS_DIR_ENV, WeightsUnavailableError
+from denseclip.render import render_labels, upsample
 from denseclip.zeroshot import BACKGROUND, ZeroShotResult, ZeroShotSegmenter, training_free_block
 
 NAMES = ["sky", "tree", "road", "person"]
@@ -200,7 +202,7 @@ def _peak_rss_mib(reset: bool = False) -> float | None:
 def test_huge_image_bounded_working_size_and_output(kind):
     zs = _zs(kind, size=224)
     seen = []
-    hook = zs.encoder.conv1.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
+    hook = zs.clip.visual.conv1.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
     img = np.zeros((4000, 6000, 3), np.uint8)
     img[:2000] = 200
     base = _peak_rss_mib(reset=True)
@@ -225,7 +227,7 @@ def test_slide_windows_cover_image_and_match_whole_with_one_window(rn):
     one = rn.predict(img, NAMES, slide=(96, 64))  # one window = the whole working image (96 x 96)
     torch.testing.assert_close(one.scores, whole.scores, atol=1e-5, rtol=0)
     seen = []
-    hook = rn.encoder.conv1.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape)))
+    hook = rn.clip.visual.conv1.register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape)))
     r = rn.predict(_image(300, 500), NAMES, size=192, slide=(128, 96), window_batch=2)
     hook.remove()
     assert r.scores.shape == (4, 300, 500) and r.info["working_size"] == (192, 320)
@@ -270,7 +272,8 @@ def test_background_threshold_on_score_and_prob(rn):
     best = base.scores.amax(0)
     assert torch.equal(r.labels == BACKGROUND, best < thr)
     assert torch.equal(r.labels[best >= thr], base.labels[best >= thr])
-    assert 0 < r.background_fraction < 1 and r.coverage().sum() == pytest.approx(1 - r.background_fraction)
+    background = float((r.labels == BACKGROUND).float().mean())
+    assert 0 < background < 1 and r.coverage().sum() == pytest.approx(1 - background)
     assert (rn.predict(img, NAMES, background=1.01).labels == BACKGROUND).all()
     pthr = float(base.probs.amax(0).median())
     rp = rn.predict(img, NAMES, background=pthr, background_on="prob")
@@ -309,7 +312,7 @@ def test_background_pseudo_class(monkeypatch):
 @pytest.mark.parametrize("pos", [False, True])
 def test_resnet_value_path_by_hand(pos):
     zs = _zs("rn", value_pos_embed=pos)
-    pool = zs.encoder.attnpool
+    pool = zs.clip.visual.attnpool
     x = torch.randn(2, 3, 96, 160)
     with torch.no_grad():
         got = zs.dense_embeddings(x)
@@ -391,35 +394,51 @@ def test_vit_dense_is_projected_replaced_last_block():
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         t, (h, w) = enc.embed(x)
-        for blk in enc.transformer.resblocks[:-1]:
+        visual = zs.clip.visual
+        for blk in visual.transformer.resblocks[:-1]:
             t = blk(t)
-        t = training_free_block(enc.transformer.resblocks[-1], t, "csa", False)
-        ref = (enc.ln_post(t[:, 1:]) @ enc.proj).transpose(1, 2).reshape(1, -1, h, w)
+        t = training_free_block(visual.transformer.resblocks[-1], t, "csa", False)
+        ref = (visual.ln_post(t[:, 1:]) @ visual.proj).transpose(1, 2).reshape(1, -1, h, w)
         torch.testing.assert_close(zs.dense_embeddings(x), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_resample_matches_interpolate_and_labels_match_full_argmax():
+def test_upsample_is_interpolate_over_the_covered_extent():
     torch.manual_seed(0)
     x = torch.randn(6, 5, 7)
     ref = F.interpolate(x[None], size=(37, 53), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(resample(x, (37, 53), (5, 7)), ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(resample(x, (37, 53), (5, 7), (10, 20), (3, 40)), ref[:, 10:20, 3:40], atol=1e-5, rtol=0)
+    torch.testing.assert_close(upsample(x, (37, 53), (5, 7)), ref)
     small = F.interpolate(x[None], size=(3, 4), mode="bilinear", align_corners=False)[0]  # downsampling too
-    torch.testing.assert_close(resample(x, (3, 4), (5, 7)), small, atol=1e-5, rtol=0)
-    # padded input: 4.5 x 6.25 of the 5 x 7 cells cover the output
+    torch.testing.assert_close(upsample(x, (3, 4), (5, 7)), small)
+    # padded input: 4.5 x 6.25 of the 5 x 7 cells cover the output (an 8x upsampling of the padded grid)
     pad = F.interpolate(x[None], size=(40, 56), mode="bilinear", align_corners=False)[0][:, :36, :50]
-    torch.testing.assert_close(resample(x, (36, 50), (4.5, 6.25)), pad, atol=1e-5, rtol=0)
-    # labels with candidate pruning and tiling == argmax of the full upsampled maps
-    for k, (h, w) in [(6, (5, 7)), (40, (9, 11)), (3, (1, 1))]:
-        maps = torch.randn(k, h, w)
-        labels, _, _ = render_maps(maps, k, (h, w), None, "score", 100.0, (700, 1100), True, False)
-        full = F.interpolate(maps[None], size=(700, 1100), mode="bilinear", align_corners=False)[0]
-        top2 = full.topk(2, dim=0).values
-        clear = (top2[0] - top2[1]) > 1e-5  # ignore float ties
-        assert torch.equal(labels[clear], full.argmax(0)[clear])
+    torch.testing.assert_close(upsample(x, (36, 50), (4.5, 6.25)), pad, atol=1e-5, rtol=0)
+    assert upsample(x[None].expand(2, -1, -1, -1), (36, 50), (4.5, 6.25)).shape == (2, 6, 36, 50)
 
 
-# -------------------------------------------------------------------------------- from_pretrained
+@pytest.mark.parametrize("k, hw", [(6, (5, 7)), (40, (9, 11)), (3, (1, 1))])
+def test_labels_are_the_argmax_of_the_full_size_maps_in_bounded_chunks(monkeypatch, k, hw):
+    monkeypatch.setattr(render, "_CHUNK", 3 * 70 * 110)  # three classes at a time
+    maps = torch.randn(k, *hw, generator=torch.Generator().manual_seed(k))
+    full = F.interpolate(maps[None], size=(70, 110), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(render_labels(maps, k, hw, (70, 110)), full.argmax(0))
+    # the last map as a background pseudo-class, and thresholds on the best score / probability
+    labels = render_labels(maps, k - 1, hw, (70, 110))
+    assert torch.equal(labels == BACKGROUND, full.argmax(0) == k - 1)
+    thr = float(full.amax(0).median())
+    assert torch.equal(render_labels(maps, k, hw, (70, 110), thr) == BACKGROUND, full.amax(0) < thr)
+    prob = (30 * full).softmax(0).amax(0)
+    got = render_labels(maps, k, hw, (70, 110), float(prob.median()), "prob", 30.0) == BACKGROUND
+    clear = (prob - prob.median()).abs() > 1e-6
+    assert torch.equal(got[clear], (prob < prob.median())[clear])
+
+
+@pytest.mark.parametrize("kind", ["rn", "vit"])
+def test_the_image_tower_is_registered_once(kind):
+    zs = _zs(kind)
+    assert set(zs.state_dict()) == {f"clip.{k}" for k in zs.clip.state_dict()}  # no "encoder." duplicates
+    assert len(zs.state_dict()) == len(zs.clip.state_dict()) and zs.encoder.visual is zs.clip.visual
+
+
 def test_from_pretrained_offline_fails_fast_naming_env_var(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
@@ -446,7 +465,7 @@ def test_from_pretrained_quick_gelu_from_tag(monkeypatch, name, tag, expected):
         seen.update(name=model_name, tag=pretrained, quick_gelu=quick_gelu)
         return make_clip(TINY_RN_ARCH)
 
-    monkeypatch.setattr("denseclip.weights.create_clip", fake_create_clip)
+    monkeypatch.setattr("denseclip.clip.create_clip", fake_create_clip)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ZeroShotSegmenter.from_pretrained(name, tag, device="cpu")

@@ -49,6 +49,7 @@ class DenseCLIPBackbone(nn.Module):
             self.level_names = ("p2", "p3", "p4", "p5", "p6")
         self.fpn = FeaturePyramidNetwork([channels[i] for i in self.in_levels], cfg.fpn_channels, extra_blocks=extra)
         self.out_channels = cfg.fpn_channels
+        self.strides = tuple(2 ** int(n[1:]) for n in self.level_names)
 
     def forward_with_score_map(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor], torch.Tensor | None]:
         """x (B, 3, H, W), normalised -> (FPN features {name: (B, C, H/s, W/s)}, S / tau (B, K, H/32, W/32)
