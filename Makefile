@@ -1,5 +1,6 @@
 # make demo : create/reuse .venv, install, launch the Gradio app (add ARGS="--tiny" offline)
 # make test : create/reuse .venv, install dev extras (+ chromium where apt exists), run the whole suite
+#             (both tiers: `pytest` alone runs the fast tier in a few minutes; `pytest --all` everything)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -33,10 +34,10 @@ demo: install
 	$(PY) app.py $(ARGS)
 
 test: install-dev browser
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q --all $(PYTEST_ARGS)
 
 lint: install-dev
-	$(VENV)/bin/ruff check denseclip train tests benchmarks examples app.py
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(PY) benchmarks/bench_inference.py

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random open_clip models (no network), offline hub, seeds."""
+"""Shared fixtures: tiny random open_clip models (no network), offline hub, seeds; the test tiers.
+
+`pytest` runs the fast tier (a few minutes); `pytest --all` (what `make test` and CI run) adds the slow
+tier: tests marked `slow` (notebooks, torchrun, kills and resumes) or `browser` (headless Chromium).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,22 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from denseclip.config import TINY_RN_ARCH, TINY_VIT_ARCH  # noqa: E402
+
+
+SLOW_MARKERS = ("slow", "browser")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", help="also run the slow tier (marked slow or browser)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all"):
+        return
+    slow = [item for item in items if any(item.get_closest_marker(m) for m in SLOW_MARKERS)]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item not in slow]
 
 
 @pytest.fixture(autouse=True)
