@@ -2,7 +2,7 @@
 
     import denseclip
     model = denseclip.build_model("denseclip-rn50-ade20k")            # preset name or DenseCLIPConfig
-    model = denseclip.load_checkpoint("run/final")                     # ours, a Hub repo, or the authors' .pth
+    model = denseclip.load_checkpoint("run/final")                  # ours, a Hub repo, or the authors' .pth
     r = denseclip.predict(model, "photo.jpg")                          # r.labels (H, W), r.probs (K, H, W)
     zs = denseclip.ZeroShotSegmenter.from_pretrained("ViT-B-16")       # training-free maps for any names
     det = denseclip.load_detector("run/final"); r = denseclip.detect(det, "photo.jpg")

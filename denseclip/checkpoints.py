@@ -1,6 +1,6 @@
 """Our checkpoint format: safetensors weights with the model's config (no pickle), locally or on the Hub.
 
-    save_checkpoint(model, "run/final")        # run/final/model.safetensors (+ the config as metadata) + config.json
+    save_checkpoint(model, "run/final")          # model.safetensors (+ the config as metadata), config.json
     save_checkpoint(model, "model.safetensors")  # one self-contained file
     model.save_pretrained("run/final"), model.push_to_hub("user/repo")   # + a model card (huggingface_hub)
 
@@ -57,14 +57,15 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
             tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2, ensure_ascii=False), "utf-8")
         path = path / CHECKPOINT_NAME
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "pt", "denseclip_config": model.cfg.to_json(), **{k: str(v) for k, v in (metadata or {}).items()}}
+    meta = {"format": "pt", "denseclip_config": model.cfg.to_json()}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
 
 
 def read_stored_config(path: Path) -> dict | None:
-    """The config dict stored in a checkpoint's metadata, or in the config.json beside it (None if neither)."""
+    """The config dict stored in a checkpoint's metadata or in the config.json beside it (None if neither)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -102,8 +103,9 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
         def some(keys: list[str]) -> str:
             return f"{keys[:8]}{' ...' if len(keys) > 8 else ''}"
 
-        raise ValueError(f"checkpoint {source} does not match the model ({model.cfg.name}): missing {some(missing)}, "
-                         f"unexpected {some(unexpected)}, shape mismatches {some(wrong)}")
+        raise ValueError(f"checkpoint {source} does not match the model ({model.cfg.name}): "
+                         f"missing {some(missing)}, unexpected {some(unexpected)}, "
+                         f"shape mismatches {some(wrong)}")
     model.load_state_dict(state, strict=False)
 
 

@@ -18,8 +18,8 @@ def _zero_shot(args):
     from .zeroshot import ZeroShotSegmenter
 
     if args.tiny:
-        from .config import TINY_RN_ARCH
         from .clip import create_clip
+        from .config import TINY_RN_ARCH
 
         zs = ZeroShotSegmenter(create_clip("tiny", None, arch=TINY_RN_ARCH), "tiny", is_random=True)
     else:
@@ -42,18 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="denseclip-scoremaps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="image file (any format PIL reads)")
-    p.add_argument("--classes", default="", help="class names, comma or newline separated, or a dataset key (ade20k)")
-    p.add_argument("--model", default="RN50", help="open_clip model for zero-shot maps (RN50, RN101, ViT-B-16, ...)")
+    p.add_argument("--classes", default="",
+                   help="class names, comma or newline separated, or a dataset key (ade20k)")
+    p.add_argument("--model", default="RN50",
+                   help="open_clip model for zero-shot maps (RN50, RN101, ViT-B-16, ...)")
     p.add_argument("--pretrained", default="openai", help="open_clip tag or local weights file")
     p.add_argument("--checkpoint", help="a DenseCLIP checkpoint (file, folder, Hub repo, the authors' .pth)")
     p.add_argument("--templates", default="simple", help="prompt templates: single, simple, imagenet")
-    p.add_argument("--tiny", action="store_true", help="random tiny model (offline checks; maps are meaningless)")
+    p.add_argument("--tiny", action="store_true",
+                   help="random tiny model (offline checks; maps are meaningless)")
     p.add_argument("--max-side", type=int, default=2048, help="decode the image at most this large")
     p.add_argument("--top", type=int, default=20, help="rows to print")
     p.add_argument("--figure", help="save a score-map figure (PNG) here")
     args = p.parse_args(argv)
-    from .vocab import DATASET_CLASSES, get_class_names
     from .hub import WeightsUnavailableError
+    from .vocab import DATASET_CLASSES, get_class_names
 
     try:
         if args.checkpoint:
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--classes is required for zero-shot score maps")
             spec = args.classes.strip()
             single = "," not in spec and "\n" not in spec and spec.lower() not in DATASET_CLASSES
-            args.classes = get_class_names([spec] if single else spec)  # one name is a class, not a dataset key
+            args.classes = get_class_names([spec] if single else spec)  # one name: a class, not a dataset
             names, maps, labels, cov, kind, seconds = _zero_shot(args)
     except (ValueError, FileNotFoundError, WeightsUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in order:
         m = maps[i]
         print(f"{names[i]:<{width}}  {100 * cov[i]:8.2f}  {m.min():16.3f}  {m.mean():7.3f}  {m.max():7.3f}")
-    print(f"{len(names)} classes, image {labels.shape[1]}x{labels.shape[0]}, {seconds:.2f} s", file=sys.stderr)
+    size = f"{labels.shape[1]}x{labels.shape[0]}"
+    print(f"{len(names)} classes, image {size}, {seconds:.2f} s", file=sys.stderr)
     if args.figure:
         from .data.transforms import load_image
         from .viz import save_figure, scoremap_figure

@@ -24,9 +24,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def _offline_help(model_name: str, tag: str, reason: str) -> str:
     return (f"CLIP weights {model_name}/{tag} are not on this machine: {reason}. Either pass a local file "
-            f"(pretrained='/path/to/{model_name}.pt', OpenAI's file or an open_clip .safetensors/.bin), put it "
-            f"in the folder named by the {WEIGHTS_DIR_ENV} environment variable (as '{model_name}.pt' or "
-            f"'{model_name}-{tag}.safetensors'), or use pretrained=None for random weights (tests, UI checks).")
+            f"(pretrained='/path/to/{model_name}.pt', OpenAI's file or an open_clip .safetensors/.bin), "
+            f"put it in the folder named by the {WEIGHTS_DIR_ENV} environment variable (as "
+            f"'{model_name}.pt' or '{model_name}-{tag}.safetensors'), or use pretrained=None for random "
+            "weights (tests, UI checks).")
 
 
 def _find_in_weights_dir(model_name: str, tag: str) -> str | None:
@@ -82,7 +83,8 @@ def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             is_jit = any(n.endswith("constants.pkl") for n in z.namelist())
         if is_jit:  # OpenAI's RN50.pt etc. are TorchScript archives (no pickle of Python objects)
             sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-            return {k: v.float() for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+            skip = ("input_resolution", "context_length", "vocab_size")
+            return {k: v.float() for k, v in sd.items() if k not in skip}
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         ckpt = ckpt["state_dict"]
@@ -105,7 +107,8 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
         if arch is None:
             raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
         if arch.get("custom_text") or "hf_model_name" in arch.get("text_cfg", {}):
-            raise ValueError(f"{model_name} has a custom text tower; DenseCLIP needs CLIP's own (RN50, ViT-B-16, ...)")
+            raise ValueError(f"{model_name} has a custom text tower; DenseCLIP needs CLIP's own "
+                             "(RN50, ViT-B-16, ...)")
     path = None
     if pretrained:  # find the weights before building: a missing file fails in seconds, not after a build
         path = Path(pretrained)

@@ -154,8 +154,9 @@ class TestConfig(Config):
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"test mode must be 'whole' or 'slide', got {self.mode!r}")
-        if min(self.crop, self.stride, self.short_side, self.max_long_side, self.batch) < 1 or not self.scales:
-            raise ValueError(f"test crop, stride, sizes and batch must be positive and scales non-empty: {self}")
+        sizes = (self.crop, self.stride, self.short_side, self.max_long_side, self.batch)
+        if min(sizes) < 1 or not self.scales:
+            raise ValueError(f"test crop, stride, sizes and batch must be positive, scales non-empty: {self}")
 
 
 @dataclass

@@ -54,7 +54,8 @@ class FPN(nn.Module):
             raise ValueError(f"FPN expects {len(self.lateral_convs)} features, got {len(feats)}")
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + up
         return [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
 
 
@@ -71,7 +72,8 @@ class FPNHead(nn.Module):
             length = max(1, int(math.log2(stride) - math.log2(self.feature_strides[0])))
             layers: list[nn.Module] = []
             for k in range(length):
-                layers.append(ConvNormAct(in_channels[i] if k == 0 else channels, channels, 3, norm=True, act=True))
+                cin = in_channels[i] if k == 0 else channels
+                layers.append(ConvNormAct(cin, channels, 3, norm=True, act=True))
                 if stride != self.feature_strides[0]:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.scale_heads.append(nn.Sequential(*layers))

@@ -22,23 +22,24 @@ def _identity(x):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, test: TestConfig | None = None, *, rank: int = 0, world_size: int = 1,
+def evaluate(model, dataset, test: TestConfig | None = None, *, shard: tuple[int, int] = (0, 1),
              amp_dtype: torch.dtype | None = None, max_images: int | None = None, workers: int = 0,
              progress: bool = True) -> dict:
     """Metrics of `model` on `dataset` (raw samples {"image", "label"}, as denseclip.data datasets give).
 
     Predictions follow `test` (default: the model's test pipeline) and are made at the label's original
-    size, as mmseg does. With several processes each rank takes every world_size-th image and the
-    counts are summed over torch.distributed (if initialised). Returns SegMetric.compute() plus
-    num_images, seconds and the test pipeline used.
+    size, as mmseg does. shard=(rank, world_size): with several processes each rank takes every
+    world_size-th image and the counts are summed over torch.distributed (if initialised). Returns
+    SegMetric.compute() plus num_images, seconds and the test pipeline used.
     """
     test = test or model.cfg.test
     if dataset.num_classes != model.cfg.num_classes:
         raise ValueError(f"the model has {model.cfg.num_classes} classes, the dataset {dataset.num_classes}")
+    rank, world_size = shard
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     indices = list(range(rank, n, world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_identity)
-    metric = SegMetric(model.cfg.num_classes, ignore_index=dataset.ignore_index, class_names=model.cfg.class_names)
+    metric = SegMetric(model.cfg.num_classes, dataset.ignore_index, class_names=model.cfg.class_names)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm

@@ -24,24 +24,29 @@ class WeightsUnavailableError(RuntimeError):
 
 def hub_file(repo_id: str, filename: str, revision: str | None = None, what: str | None = None) -> Path:
     """`filename` of Hub repo `repo_id`: from the local cache, else downloaded (fails fast offline)."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, is_offline_mode
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-    from huggingface_hub.errors import RevisionNotFoundError
+    import huggingface_hub as hf
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     global _silent_until
     what = what or f"{filename} of the Hub repo {repo_id!r}"
-    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    cached = hf.try_to_load_from_cache(repo_id, filename, revision=revision)
     if isinstance(cached, str):
         return Path(cached)
-    if is_offline_mode():
-        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    if hf.is_offline_mode():
+        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                                      "is set")
     if time.monotonic() < _silent_until:
-        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and the Hub did not answer "
-                                      "a moment ago")
+        raise WeightsUnavailableError(f"{what} is not in the local Hugging Face cache and the Hub did not "
+                                      "answer a moment ago")
     try:  # one request, no retries: is the Hub there, and does it have the file?
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        url = hf.hf_hub_url(repo_id, filename, revision=revision)
+        hf.get_hf_file_metadata(url, timeout=hf.constants.HF_HUB_ETAG_TIMEOUT)
+        return Path(hf.hf_hub_download(repo_id, filename, revision=revision))
     except LocalEntryNotFoundError as e:  # the download itself could not reach the Hub
         raise WeightsUnavailableError(f"{what} could not be downloaded ({str(e)[:200]})") from e
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:

@@ -23,7 +23,7 @@ from .metrics import class_coverage
 
 @dataclass
 class SegmentationResult:
-    """labels (H, W) int64, probs (K, H, W) float32 (softmax, averaged over augmentations), at the input size."""
+    """labels (H, W) int64 and probs (K, H, W) float32 (softmax averaged over augmentations), input-sized."""
 
     labels: torch.Tensor
     probs: torch.Tensor | None
@@ -36,7 +36,8 @@ class SegmentationResult:
         return class_coverage(self.labels, len(self.class_names))
 
 
-def slide_windows(h: int, w: int, crop: int | tuple[int, int], stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def slide_windows(h: int, w: int, crop: int | tuple[int, int],
+                  stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Window boxes (y1, y2, x1, x2) exactly as mmseg's slide_inference places them."""
     h_crop, w_crop = (crop, crop) if isinstance(crop, int) else crop
     h_stride, w_stride = (stride, stride) if isinstance(stride, int) else stride
@@ -54,9 +55,10 @@ def slide_windows(h: int, w: int, crop: int | tuple[int, int], stride: int | tup
     return boxes
 
 
-def slide(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop, stride, batch: int = 4) -> torch.Tensor:
-    """Sliding-window inference as mmseg's: fn(crops (N*B, 3, h, w)) -> maps (N*B, C, h, w) at the crops' size;
-    the windows' maps are summed into (B, C, H, W) and divided by the number of windows covering each pixel."""
+def slide(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop, stride,
+          batch: int = 4) -> torch.Tensor:
+    """Sliding-window inference as mmseg's: fn(crops (N*B, 3, h, w)) -> maps (N*B, C, h, w) at the crops'
+    size; the windows' maps are summed into (B, C, H, W) and divided by the windows covering each pixel."""
     b, _, h, w = x.shape
     boxes = slide_windows(h, w, crop, stride)
     out, count = None, x.new_zeros((1, 1, h, w))
@@ -102,8 +104,8 @@ def predict(model, image, test: TestConfig | None = None, *, amp_dtype: torch.dt
             for flipped in ((False, True) if test.flip else (False,)):
                 xi = x.flip(-1) if flipped else x
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = slide(lambda crops: _logits(model, crops), xi, test.crop, test.stride, test.batch) \
-                        if test.mode == "slide" else _logits(model, xi)
+                    logits = _logits(model, xi) if test.mode == "whole" else \
+                        slide(lambda crops: _logits(model, crops), xi, test.crop, test.stride, test.batch)
                 logits = F.interpolate(logits.float(), size=(h0, w0), mode="bilinear", align_corners=False)
                 p = logits.softmax(dim=1)[0]
                 p = p.flip(-1) if flipped else p

@@ -41,7 +41,8 @@ def _bincount(values: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def class_coverage(labels: Any, num_classes: int) -> np.ndarray:
-    """Fraction of all pixels labelled with each class (K,); other values (ignore, background -1) count for none."""
+    """Fraction of all pixels labelled with each class (K,); other values (ignore, background) count for no
+    class."""
     t = _as_index_tensor(labels, "labels")
     return (_bincount(t.flatten(), num_classes).double() / max(t.numel(), 1)).numpy()
 
@@ -59,7 +60,7 @@ def intersect_and_union(pred: Any, label: Any, num_classes: int, ignore_index: i
     pred_t, label_t = _as_index_tensor(pred, "pred"), _as_index_tensor(label, "label")
     if pred_t.shape != label_t.shape:
         raise ValueError(f"pred has shape {tuple(pred_t.shape)} but label has shape {tuple(label_t.shape)}; "
-                         "they must match pixel for pixel (resize the logits to the label size before argmax)")
+                         "they must match pixel for pixel (resize logits to the label size before argmax)")
     pred_t = pred_t.to(label_t.device)
     if reduce_zero_label:
         label_t = torch.where(label_t == 0, 255, label_t) - 1
@@ -84,7 +85,7 @@ def compute_metrics(intersect: Any, union: Any, pred: Any, label: Any) -> dict[s
     Per-class values are fractions or NaN (IoU for a class with empty union, Acc for a class absent from
     the labels); the means skip NaN classes.
     """
-    inter, union, _, label = (torch.as_tensor(a, dtype=torch.float64).cpu() for a in (intersect, union, pred, label))
+    inter, union, label = (torch.as_tensor(a, dtype=torch.float64).cpu() for a in (intersect, union, label))
     iou, acc = (inter / union).numpy(), (inter / label).numpy()  # 0/0 = NaN marks "undefined for this class"
     return {"aAcc": float(inter.sum() / label.sum()), "IoU": iou, "Acc": acc, "mIoU": _nanmean(iou),
             "mAcc": _nanmean(acc)}
@@ -100,7 +101,8 @@ class SegMetric:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class_names for num_classes={num_classes}; "
                              "pass one name per class, in class-index order")
-        self.num_classes, self.ignore_index, self.reduce_zero_label = num_classes, ignore_index, reduce_zero_label
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.reduce_zero_label = reduce_zero_label
         self.class_names = tuple(class_names) if class_names is not None else None
         self.device = torch.device(device)
         self.areas = torch.zeros(4, num_classes, dtype=torch.float64, device=self.device)
@@ -108,7 +110,8 @@ class SegMetric:
     def update(self, pred: Any, label: Any) -> None:
         """Add one image (H, W), a batch (B, H, W), or two equal-length lists of images of any sizes."""
         if isinstance(pred, (list, tuple)) or isinstance(label, (list, tuple)):
-            if not (isinstance(pred, (list, tuple)) and isinstance(label, (list, tuple))) or len(pred) != len(label):
+            lists = isinstance(pred, (list, tuple)) and isinstance(label, (list, tuple))
+            if not lists or len(pred) != len(label):
                 raise ValueError("pass two arrays, or two lists of arrays of the same length, to update()")
             for p, lab in zip(pred, label):
                 self.update(p, lab)
@@ -140,11 +143,13 @@ class SegMetric:
         out["num_pixels"] = int(self.areas[3].sum())
         if self.class_names is not None:
             out["class_names"] = list(self.class_names)
-            out["per_class"] = {n: {"IoU": out["IoU"][i], "Acc": out["Acc"][i]} for i, n in enumerate(self.class_names)}
+            out["per_class"] = {n: {"IoU": out["IoU"][i], "Acc": out["Acc"][i]}
+                                for i, n in enumerate(self.class_names)}
         return out
 
 
-def format_table(results: Mapping[str, Any], class_names: Sequence[str] | None = None, digits: int = 2) -> str:
+def format_table(results: Mapping[str, Any], class_names: Sequence[str] | None = None,
+                 digits: int = 2) -> str:
     """Plain-text per-class table (values in %) plus a summary line, for logs."""
     if "IoU" not in results:
         raise ValueError("results hold no per-class metrics; pass the output of SegMetric.compute()")
@@ -157,12 +162,13 @@ def format_table(results: Mapping[str, Any], class_names: Sequence[str] | None =
     def fmt(v: float) -> str:
         return "nan" if v is None or math.isnan(v) else f"{100 * v:.{digits}f}"
 
-    rows = [["Class", "IoU", "Acc"]] + [[names[i], fmt(float(results["IoU"][i])), fmt(float(results["Acc"][i]))]
-                                        for i in range(n)]
+    rows = [["Class", "IoU", "Acc"]]
+    rows += [[names[i], fmt(float(results["IoU"][i])), fmt(float(results["Acc"][i]))] for i in range(n)]
     widths = [max(len(r[j]) for r in rows) for j in range(3)]
 
     def line(r: list[str]) -> str:  # class names left-aligned, numbers right-aligned
-        return "| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))) + " |"
+        cells = (c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        return "| " + " | ".join(cells) + " |"
 
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     summary = "  ".join(f"{k}: {fmt(float(results[k]))}" for k in ("aAcc", "mIoU", "mAcc") if k in results)

@@ -75,10 +75,13 @@ class ContextTextEncoder(nn.Module):
         length = num_contexts + class_token_budget
         pos = clip_model.positional_embedding
         if length > pos.shape[0]:
-            raise ValueError(f"num_contexts + class_token_budget = {length} exceeds CLIP's {pos.shape[0]} positions")
+            raise ValueError(f"num_contexts + class_token_budget = {length} exceeds CLIP's "
+                             f"{pos.shape[0]} positions")
         self.positional_embedding = nn.Parameter(pos.detach()[:length].clone())
         proj = clip_model.text_projection
-        self.text_projection = proj if isinstance(proj, nn.Parameter) else nn.Parameter(proj.weight.detach().t().clone())
+        if not isinstance(proj, nn.Parameter):  # a Linear in some open_clip models
+            proj = nn.Parameter(proj.weight.detach().t().clone())
+        self.text_projection = proj
         self.num_contexts = num_contexts
         self.class_token_budget = class_token_budget
         self.width = self.token_embedding.embedding_dim
@@ -92,8 +95,9 @@ class ContextTextEncoder(nn.Module):
         k, n1 = tokens.shape
         b, m, c = contexts.shape
         if n1 != self.class_token_budget or m != self.num_contexts:
-            raise ValueError(f"expected tokens (K, {self.class_token_budget}) and contexts (B, {self.num_contexts}, "
-                             f"{self.width}); got {tuple(tokens.shape)} and {tuple(contexts.shape)}")
+            raise ValueError(f"expected tokens (K, {self.class_token_budget}) and contexts "
+                             f"(B, {self.num_contexts}, {self.width}); got {tuple(tokens.shape)} and "
+                             f"{tuple(contexts.shape)}")
         x_text = self.token_embedding(tokens).to(contexts.dtype)  # (K, N1, C)
         x_text = x_text.unsqueeze(0).expand(b, k, n1, c)
         ctx = contexts.unsqueeze(1).expand(b, k, m, c)
@@ -166,7 +170,8 @@ class ContextDecoder(nn.Module):
     def __init__(self, width: int = 256, heads: int = 4, layers: int = 3, visual_dim: int = 1024,
                  dropout: float = 0.1, out_dim: int | None = None):
         super().__init__()
-        self.memory_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, width), nn.LayerNorm(width))
+        self.memory_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, width),
+                                         nn.LayerNorm(width))
         self.text_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, width))
         self.decoder = nn.ModuleList([TransformerDecoderLayer(width, heads, dropout) for _ in range(layers)])
         self.out_proj = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_dim or visual_dim))
@@ -240,12 +245,15 @@ class ContextPrompting(nn.Module):
             nn.init.trunc_normal_(self.contexts)  # the authors: trunc_normal_ with its defaults (std 1)
         self.gamma = nn.Parameter(torch.full((dim,), cfg.gamma_init))
         decoder = (cfg.decoder_width, cfg.decoder_heads, cfg.decoder_layers)
-        self.context_decoder = ContextDecoder(*decoder, dim, cfg.decoder_dropout) if cfg.context_decoder else None
+        self.context_decoder = None
+        if cfg.context_decoder:
+            self.context_decoder = ContextDecoder(*decoder, dim, cfg.decoder_dropout)
         self.pre_prompter = PreModelPrompter(cfg.num_contexts, dim, width, *decoder, cfg.decoder_dropout) \
             if cfg.pre_model_prompting else None
         if cfg.freeze_text_encoder:
             self.text_encoder.requires_grad_(False)
-        self.register_buffer("texts", tokenize_class_names(class_names, cfg.class_token_budget), persistent=False)
+        tokens = tokenize_class_names(class_names, cfg.class_token_budget)
+        self.register_buffer("texts", tokens, persistent=False)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
@@ -265,8 +273,8 @@ class ContextPrompting(nn.Module):
         # so new weights invalidate the cache without hooks.
         versions = sum(p._version for p in self.text_encoder.parameters())
         c = self.contexts
-        return (self.texts.data_ptr(), self.texts._version, c._version, c.data_ptr(), versions, c.device, c.dtype,
-                torch.is_autocast_enabled(c.device.type))
+        return (self.texts.data_ptr(), self.texts._version, c._version, c.data_ptr(), versions, c.device,
+                c.dtype, torch.is_autocast_enabled(c.device.type))
 
     def text_embeddings(self) -> torch.Tensor:
         """t = text_encoder(class tokens, contexts): (K, D). Cached in eval mode without grad."""

@@ -66,8 +66,9 @@ class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip",
             s = score_maps(enc.dense, text)
             i = self.cfg.score_concat_index
             if s.shape[2:] != feats[i].shape[2:]:
-                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features {tuple(feats[i].shape[2:])}"
-                                 " differ in size; pick the stage at the embedding stride (score_concat_index)")
+                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features "
+                                 f"{tuple(feats[i].shape[2:])} differ in size; pick the stage at the "
+                                 "embedding stride (score_concat_index)")
             feats[i] = torch.cat([feats[i], s.to(feats[i].dtype)], dim=1)
             out["score_map"], out["text_embeddings"] = s, text
         out["logits"] = self.head(self.neck(feats))
@@ -122,20 +123,22 @@ class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip",
         cfg = self.cfg
         kind = "context-aware prompting" if cfg.use_text else "the CLIP + FPN baseline"
         lines = [f"# {repo_id.split('/')[-1]}", "",
-                 f"DenseCLIP segmentor `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, {kind}; "
-                 "DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
-                 f'model = denseclip.load_checkpoint("{repo_id}")', 'r = denseclip.predict(model, "photo.jpg")',
-                 "```", ""]
+                 f"DenseCLIP segmentor `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
+                 f"{kind}; DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
+                 f'model = denseclip.load_checkpoint("{repo_id}")',
+                 'r = denseclip.predict(model, "photo.jpg")', "```", ""]
         if metrics:
+            values = [f"{100 * metrics.get(k, float('nan')):.2f}" for k in ("aAcc", "mIoU", "mAcc")]
+            test = cfg.test
             lines += ["## Validation", "", "| aAcc | mIoU | mAcc |", "| --- | --- | --- |",
-                      "| " + " | ".join(f"{100 * metrics.get(k, float('nan')):.2f}" for k in ("aAcc", "mIoU", "mAcc"))
-                      + " |", "", f"Test pipeline: {cfg.test.mode}, crop {cfg.test.crop}, stride {cfg.test.stride}, "
-                      f"short side {cfg.test.short_side}.", ""]
+                      "| " + " | ".join(values) + " |", "", f"Test pipeline: {test.mode}, crop {test.crop}, "
+                      f"stride {test.stride}, short side {test.short_side}.", ""]
         return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
 
 
-def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k", pretrained: bool | str | None = True,
-                class_names: Sequence[str] | None = None, **changes) -> DenseCLIP:
+def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k",
+                pretrained: bool | str | None = True, class_names: Sequence[str] | None = None,
+                **changes) -> DenseCLIP:
     """Build a DenseCLIP model from a preset name or a DenseCLIPConfig (in train mode, on CPU).
 
     pretrained=True loads the config's CLIP weights (`clip_pretrained`, e.g. OpenAI's) and, for timm
@@ -164,7 +167,8 @@ def assemble(cfg: DenseCLIPConfig, clip_model: nn.Module | None) -> DenseCLIP:
     if text:
         prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt)
         if prompting.embed_dim != encoder.embed_dim:
-            raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim {prompting.embed_dim}")
+            raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim "
+                             f"{prompting.embed_dim}")
         if not 0 <= cfg.score_concat_index < len(channels):
             raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(channels)})")
         channels[cfg.score_concat_index] += cfg.num_classes
@@ -177,7 +181,8 @@ def assemble(cfg: DenseCLIPConfig, clip_model: nn.Module | None) -> DenseCLIP:
 
 
 def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | None = None,
-                    class_names: Sequence[str] | None = None, device: str | torch.device = "cpu") -> DenseCLIP:
+                    class_names: Sequence[str] | None = None,
+                    device: str | torch.device = "cpu") -> DenseCLIP:
     """A DenseCLIP segmentor in eval mode from:
 
     - our `.safetensors` file or a folder holding `model.safetensors` (+ `config.json`),
@@ -203,7 +208,8 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
             raise ValueError(f"{path} carries no config; pass preset='denseclip-rn50-ade20k' (or a config)")
         cfg = base or config_from_dict(stored)
         if not isinstance(cfg, DenseCLIPConfig):
-            raise ValueError(f"{path} is a {type(cfg).__name__} checkpoint: load it with denseclip.load_detector")
+            raise ValueError(f"{path} is a {type(cfg).__name__} checkpoint: load it with "
+                             "denseclip.load_detector")
         state = load_file(str(path))
     if names is not None:
         cfg = cfg.replace(class_names=names)

@@ -31,7 +31,7 @@ def test_evaluate_equals_a_hand_loop(model_and_data):
 
 def test_ranks_split_the_images(model_and_data):
     model, ds = model_and_data
-    parts = [denseclip.evaluate(model, ds, rank=r, world_size=2, progress=False) for r in (0, 1)]
+    parts = [denseclip.evaluate(model, ds, shard=(r, 2), progress=False) for r in (0, 1)]
     whole = denseclip.evaluate(model, ds, progress=False)
     assert parts[0]["num_pixels"] + parts[1]["num_pixels"] == whole["num_pixels"]
     assert denseclip.evaluate(model, ds, max_images=2, progress=False)["num_images"] == 2

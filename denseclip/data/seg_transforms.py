@@ -98,7 +98,8 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     delta = v - x.min(-1)
     s = np.where(v > 0, 255.0 * delta / np.maximum(v, 1e-6), 0.0)
     d = np.maximum(delta, 1e-6)
-    h = np.where(v == r, 60.0 * (g - b) / d, np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
+    h = np.where(v == r, 60.0 * (g - b) / d,
+                 np.where(v == g, 120.0 + 60.0 * (b - r) / d, 240.0 + 60.0 * (r - g) / d))
     h = np.where(delta > 0, h, 0.0) % 360.0
     out = np.stack([np.round(h / 2.0) % 180, np.round(s), v], -1)
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -111,7 +112,8 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     i = np.floor(h).astype(np.int64) % 6
     f = h - np.floor(h)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack([np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    sectors = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    table = np.stack([np.stack(c, -1) for c in sectors])
     rgb = np.take_along_axis(table, i[None, ..., None].repeat(3, -1), 0)[0]
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
@@ -122,7 +124,8 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
 
 
 def photometric_distortion(image: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,
-                           contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta: int = 18) -> np.ndarray:
+                           contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
+                           hue_delta: int = 18) -> np.ndarray:
     """mmseg PhotoMetricDistortion on uint8 RGB, each step applied with probability 1/2:
     brightness +-32, contrast x[0.5, 1.5] (before or after the colour steps, at random),
     saturation x[0.5, 1.5], hue +-18 (OpenCV hue units, i.e. +-36 degrees)."""
@@ -168,7 +171,8 @@ class TrainTransform:
         if self.ratio_range is not None:
             image, label = random_resize(image, label, rng, self.scale, self.ratio_range)
         else:  # fixed keep-ratio resize to `scale`
-            image, label = resize(image, label, keep_ratio_size(*label.shape, min(self.scale), max(self.scale)))
+            size = keep_ratio_size(*label.shape, min(self.scale), max(self.scale))
+            image, label = resize(image, label, size)
         image, label = random_crop(image, label, self.crop_size, rng, self.cat_max_ratio, self.ignore_index)
         image, label = random_flip(image, label, rng, self.flip_prob)
         if self.photometric:

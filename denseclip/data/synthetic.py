@@ -37,7 +37,8 @@ def class_palette(num_classes: int) -> list[int]:
     return pal.flatten().tolist()
 
 
-def _shape_mask(kind: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _shape_mask(kind: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, h: int,
+                w: int) -> np.ndarray:
     cy, cx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.2, 0.8) * w
     ry, rx = rng.uniform(0.18, 0.35) * h, rng.uniform(0.12, 0.3) * w
     if kind == 0:  # ellipse
@@ -92,7 +93,8 @@ class SyntheticSegDataset(torch.utils.data.Dataset):
                  class_names: Sequence[str] = TINY_CLASSES, offset: int = 0):
         if length < 1:
             raise ValueError(f"length must be positive, got {length}")
-        self.length, self.seed, self.size, self.offset = int(length), int(seed), (int(size[0]), int(size[1])), offset
+        self.length, self.seed, self.offset = int(length), int(seed), offset
+        self.size = (int(size[0]), int(size[1]))
         self.class_names = tuple(class_names)
         self.name = f"synthetic(seed={seed}, n={length})"
 
@@ -104,7 +106,8 @@ class SyntheticSegDataset(torch.utils.data.Dataset):
         return self.length
 
     def __repr__(self) -> str:
-        return f"SyntheticSegDataset(length={self.length}, seed={self.seed}, size={self.size}, classes={self.num_classes})"
+        return (f"SyntheticSegDataset(length={self.length}, seed={self.seed}, size={self.size}, "
+                f"classes={self.num_classes})")
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
@@ -135,7 +138,8 @@ def write_folder_dataset(root: str | Path, num_train: int = 40, num_val: int = 1
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             s = ds[i]
-            Image.fromarray(s["image"]).save(root / "images" / split / f"{s['name']}.{image_format}", quality=95)
+            path = root / "images" / split / f"{s['name']}.{image_format}"
+            Image.fromarray(s["image"]).save(path, quality=95)
             mask = Image.fromarray(s["label"].astype(np.uint8), "P")
             mask.putpalette(palette)
             mask.save(root / "masks" / split / f"{s['name']}.png")

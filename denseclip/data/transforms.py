@@ -20,7 +20,7 @@ from ..config import CLIP_MEAN, CLIP_STD
 
 # Largest image we decode at all (pixels). Bigger files are refused before decoding (decompression bombs).
 MAX_DECODE_PIXELS = 40000 * 40000
-_PIL_LOCK = threading.Lock()  # PIL's pixel limit is a global: change it under a lock (servers decode in threads)
+_PIL_LOCK = threading.Lock()  # PIL's pixel limit is a global: set under a lock (servers decode in threads)
 
 
 @contextmanager
@@ -40,7 +40,8 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. 16-bit and 32-bit integer / float images are scaled down to 8 bits."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img).astype(np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255) else 255.0
+        wide = img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255)
+        hi = 65535.0 if wide else 255.0
         if img.mode == "F" and arr.max(initial=0) <= 1.0:
             hi = 1.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -53,15 +54,8 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
-        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"image array is empty (shape {arr.shape})")
+def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Any dtype -> uint8: bool -> 0/255, uint16 -> /257, floats in [0, 1] or [0, 255], integers in 0..255."""
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
@@ -73,14 +67,66 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         arr = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
     elif arr.dtype != np.uint8:
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise ValueError(f"integer image of dtype {arr.dtype} has values outside 0..255; convert it to uint8")
+            raise ValueError(f"integer image of dtype {arr.dtype} has values outside 0..255; "
+                             "convert it to uint8")
         arr = arr.astype(np.uint8)
+    return arr
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"image array is empty (shape {arr.shape})")
+    arr = _array_to_uint8(arr)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.shape[-1] == 4:
         alpha = arr[..., 3:4].astype(np.float32) / 255.0
         arr = (arr[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+def _open(path: Path, max_side: int | None) -> Image.Image:
+    """Decode an image file (JPEGs reduced by the decoder itself when larger than max_side)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"image file is empty (0 bytes): {path}")
+    try:
+        with decode_limits():
+            img = Image.open(path)
+            if max_side and img.format == "JPEG" and max(img.size) > max_side:
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+            return img
+    except UnidentifiedImageError as e:
+        raise ValueError(f"not an image file (or an unsupported format): {path}") from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {path} is too large to decode safely ({e})") from e
+    except (OSError, SyntaxError) as e:  # truncated / corrupt data
+        raise ValueError(f"image file is corrupt or truncated: {path} ({e})") from e
+
+
+def _pil_array(image: Image.Image, max_side: int | None) -> np.ndarray:
+    """A PIL image -> (H, W, 3) uint8, EXIF rotation applied, downscaled to max_side."""
+    if image.width == 0 or image.height == 0:
+        raise ValueError("image has zero width or height")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not lose the picture
+        pass
+    if max_side and max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    try:
+        return np.asarray(_pil_to_rgb(image)).copy()
+    except OSError as e:
+        raise ValueError(f"image data is corrupt or truncated ({e})") from e
 
 
 def load_image(image, max_side: int | None = None) -> np.ndarray:
@@ -90,38 +136,9 @@ def load_image(image, max_side: int | None = None) -> np.ndarray:
     decoder itself reduces the image, so a 20000x20000 photo never occupies full-size memory.
     """
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        if path.stat().st_size == 0:
-            raise ValueError(f"image file is empty (0 bytes): {path}")
-        try:
-            with decode_limits():
-                img = Image.open(path)
-                if max_side and img.format == "JPEG" and max(img.size) > max_side:
-                    img.draft("RGB", (max_side, max_side))
-                img.load()
-        except UnidentifiedImageError as e:
-            raise ValueError(f"not an image file (or an unsupported format): {path}") from e
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"image {path} is too large to decode safely ({e})") from e
-        except (OSError, SyntaxError) as e:  # truncated / corrupt data
-            raise ValueError(f"image file is corrupt or truncated: {path} ({e})") from e
-        image = img
+        image = _open(Path(image), max_side)
     if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise ValueError("image has zero width or height")
-        try:
-            image = ImageOps.exif_transpose(image)
-        except Exception:  # a broken EXIF block must not lose the picture
-            pass
-        if max_side and max(image.size) > max_side:
-            image = image.copy()
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        try:
-            return np.asarray(_pil_to_rgb(image)).copy()
-        except OSError as e:
-            raise ValueError(f"image data is corrupt or truncated ({e})") from e
+        return _pil_array(image, max_side)
     if torch.is_tensor(image):
         t = image.detach().cpu()
         if t.ndim == 4 and t.shape[0] == 1:
@@ -132,12 +149,13 @@ def load_image(image, max_side: int | None = None) -> np.ndarray:
         if max_side and max(arr.shape[:2]) > max_side:
             return load_image(Image.fromarray(arr), max_side)
         return arr
-    raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, numpy array or tensor")
+    raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, numpy array "
+                    "or tensor")
 
 
 # mmcv's resize is cv2-based; we only need the same *size* arithmetic and bilinear resampling.
 def keep_ratio_size(h: int, w: int, short_side: int, max_long_side: int) -> tuple[int, int]:
-    """mmcv `rescale` with keep_ratio: the largest scale with short side <= short_side and long <= max_long."""
+    """mmcv `rescale` with keep_ratio: the largest scale with short side <= short_side, long <= max_long."""
     scale = min(max_long_side / max(h, w), short_side / min(h, w))
     return int(h * scale + 0.5), int(w * scale + 0.5)
 

@@ -20,6 +20,6 @@ def encoder_from_clip(visual, input_resolution=None, embeddings: bool = True, **
         return CLIPResNetEncoder(visual, input_resolution, embeddings=embeddings)
     if isinstance(visual, VisionTransformer):
         return CLIPViTEncoder(visual, input_resolution, embeddings=embeddings, **vit_kwargs)
-    raise TypeError(f"unsupported open_clip image tower {type(visual).__name__}: "
-                    "DenseCLIP wraps ModifiedResNet (RN50, RN101, ...) and VisionTransformer (ViT-B-16, ...); "
-                    "for other backbones use a timm model name as `backbone`")
+    raise TypeError(f"unsupported open_clip image tower {type(visual).__name__}: DenseCLIP wraps "
+                    "ModifiedResNet (RN50, RN101, ...) and VisionTransformer (ViT-B-16, ...); for other "
+                    "backbones use a timm model name as `backbone`")
