@@ -37,7 +37,7 @@ def run_one(args: argparse.Namespace, cached: bool) -> dict:
 
     def step():
         if not cached:
-            model.clear_text_cache()
+            model.prompting.clear_text_cache()
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             model(x)
         if device.type == "cuda":
