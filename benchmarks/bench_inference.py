@@ -83,7 +83,8 @@ def main() -> None:
           f"channels_last={args.channels_last}, threads={ca['threads']}, K={ca['classes']}, random weights")
     print(f"{'text cache':<12}{'median s/batch':>16}{'min s':>10}{'peak MiB':>11}")
     for r in rows:
-        print(f"{'on' if r['cached'] else 'off':<12}{r['median_s']:>16.3f}{r['min_s']:>10.3f}{r['peak_mib']:>11.0f}")
+        state = "on" if r["cached"] else "off"
+        print(f"{state:<12}{r['median_s']:>16.3f}{r['min_s']:>10.3f}{r['peak_mib']:>11.0f}")
     print(f"speed-up from the cache: {un['median_s'] / ca['median_s']:.2f}x")
 
 
