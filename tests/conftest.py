@@ -18,7 +18,6 @@ import torch  # noqa: E402
 
 from denseclip.config import TINY_RN_ARCH, TINY_VIT_ARCH  # noqa: E402
 
-
 SLOW_MARKERS = ("slow", "browser")
 
 
@@ -71,7 +70,7 @@ def randomize_bn(module: torch.nn.Module, generator: torch.Generator | None = No
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op thread for tiny models: they gain nothing from more, and shared CI cores stay responsive."""
+    """One intra-op thread for tiny models: they gain nothing from more; shared CI cores stay responsive."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

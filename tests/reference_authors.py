@@ -72,7 +72,8 @@ class AABottleneck(nn.Module):
         self.downsample = None
         if stride > 1 or cin != cout:
             self.downsample = nn.Sequential(OrderedDict(
-                [("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(cin, cout, 1, bias=False)), ("1", nn.BatchNorm2d(cout))]))
+                [("-1", nn.AvgPool2d(stride)), ("0", nn.Conv2d(cin, cout, 1, bias=False)),
+                 ("1", nn.BatchNorm2d(cout))]))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -107,17 +108,19 @@ class DenseAttentionPool(nn.Module):
         seq = seq + torch.cat([pe[:1], grid_pe], 0)[:, None, :]
         out, _ = F.multi_head_attention_forward(
             query=seq, key=seq, value=seq, embed_dim_to_check=c, num_heads=self.heads,
-            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
             bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
             out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias, training=False,
             need_weights=False, use_separate_proj_weight=True,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight)
+            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
+            v_proj_weight=self.v_proj.weight)
         out = out.permute(1, 2, 0)  # (B, D, HW + 1)
         return out[:, :, 0], out[:, :, 1:].reshape(b, -1, h, w)
 
 
 class AuthorsCLIPResNet(nn.Module):
-    """(C2, C3, C4, C5[, [global, dense]]) like their CLIPResNetWithAttention (attention=False: CLIPResNet)."""
+    """(C2, C3, C4, C5[, [global, dense]]) as their CLIPResNetWithAttention (attention=False: CLIPResNet)."""
 
     def __init__(self, layers, width: int = 64, output_dim: int = 1024, input_resolution: int = 512,
                  attention: bool = True, pool_heads: int = 32):
@@ -175,7 +178,8 @@ class ResBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads)  # sequence-first
         self.ln_1 = FP32LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(
-            [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]))
+            [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()),
+             ("c_proj", nn.Linear(4 * width, width))]))
         self.ln_2 = FP32LayerNorm(width)
         self.attn_mask = attn_mask  # plain attribute: not in the state dict, as theirs
 
@@ -199,7 +203,8 @@ class AuthorsCLIPViT(nn.Module):
     """Their CLIPVisionTransformer: 4 neck outputs (strides 4, 8, 16, 32) [+ [global, dense]]."""
 
     def __init__(self, input_resolution: int = 640, patch_size: int = 16, width: int = 768, layers: int = 12,
-                 heads: int = 12, output_dim: int = 512, out_indices=(3, 5, 7, 11), get_embeddings: bool = True):
+                 heads: int = 12, output_dim: int = 512, out_indices=(3, 5, 7, 11),
+                 get_embeddings: bool = True):
         super().__init__()
         assert patch_size == 16, "the reference implements the patch-16 necks only"
         s = width ** -0.5
@@ -215,7 +220,8 @@ class AuthorsCLIPViT(nn.Module):
             self.ln_post = FP32LayerNorm(width)
             self.proj = nn.Parameter(s * torch.randn(width, output_dim))
         self.fpn1 = nn.Sequential(nn.GroupNorm(1, width), nn.ConvTranspose2d(width, width, 2, stride=2),
-                                  nn.BatchNorm2d(width), nn.GELU(), nn.ConvTranspose2d(width, width, 2, stride=2))
+                                  nn.BatchNorm2d(width), nn.GELU(),
+                                  nn.ConvTranspose2d(width, width, 2, stride=2))
         self.fpn2 = nn.Sequential(nn.GroupNorm(1, width), nn.ConvTranspose2d(width, width, 2, stride=2))
         self.fpn3 = nn.GroupNorm(1, width)
         self.fpn4 = nn.Sequential(nn.GroupNorm(1, width), nn.MaxPool2d(2, stride=2))
@@ -329,7 +335,8 @@ class AuthorsContextDecoder(nn.Module):
         w = transformer_width
         self.memory_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, w), nn.LayerNorm(w))
         self.text_proj = nn.Sequential(nn.LayerNorm(visual_dim), nn.Linear(visual_dim, w))
-        self.decoder = nn.ModuleList([DecoderLayer(w, transformer_heads, dropout) for _ in range(transformer_layers)])
+        self.decoder = nn.ModuleList([DecoderLayer(w, transformer_heads, dropout)
+                                      for _ in range(transformer_layers)])
         self.out_proj = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, visual_dim))
 
     def forward(self, text, visual):
@@ -397,7 +404,8 @@ class MMSegFPNHead(nn.Module):
             n = max(1, int(math.log2(stride) - math.log2(self.feature_strides[0])))
             mods = []
             for k in range(n):
-                mods.append(ConvModule(in_channels[i] if k == 0 else channels, channels, 3, with_bn=True, with_act=True))
+                cin = in_channels[i] if k == 0 else channels
+                mods.append(ConvModule(cin, channels, 3, with_bn=True, with_act=True))
                 if stride != self.feature_strides[0]:
                     mods.append(MMSegUpsample(2))
             self.scale_heads.append(nn.Sequential(*mods))
@@ -453,10 +461,12 @@ class AuthorsDenseCLIP(nn.Module):
         feats = list(x[:4])
         global_feat, dense = x[4]
         b, c, h, w = dense.shape
-        visual_context = torch.cat([global_feat.reshape(b, c, 1), dense.reshape(b, c, h * w)], dim=2).permute(0, 2, 1)
+        visual_context = torch.cat([global_feat.reshape(b, c, 1), dense.reshape(b, c, h * w)], dim=2)
+        visual_context = visual_context.permute(0, 2, 1)
         text = self.text_encoder(self.texts, self.contexts).expand(b, -1, -1)
         text = text + self.gamma * self.context_decoder(text, visual_context)
-        score_map = torch.einsum("bchw,bkc->bkhw", F.normalize(dense, dim=1, p=2), F.normalize(text, dim=2, p=2))
+        score_map = torch.einsum("bchw,bkc->bkhw", F.normalize(dense, dim=1, p=2),
+                                 F.normalize(text, dim=2, p=2))
         i = self.score_concat_index
         feats[i] = torch.cat([feats[i], score_map], dim=1)
         return text, feats, score_map
@@ -489,16 +499,17 @@ def authors_resnet_denseclip(class_names, layers=(1, 2, 1, 1), width: int = 64, 
                              neck_channels: int = 32, head_channels: int = 16, with_text: bool = True,
                              attention: bool = True) -> AuthorsDenseCLIP:
     """A (small) denseclip_fpn_res*.py model; with_text=False: the fpn_clipres*.py baseline."""
-    backbone = AuthorsCLIPResNet(list(layers), width, embed_dim, input_resolution, attention=attention or with_text)
+    backbone = AuthorsCLIPResNet(list(layers), width, embed_dim, input_resolution,
+                                 attention=attention or with_text)
     stages = [width * 4 * 2 ** i for i in range(4)]
     if not with_text:
         return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels)
     stages[3] += len(class_names)
-    text = AuthorsTextContextEncoder(num_contexts + class_token_length, 49408, text_width, text_heads, text_layers,
-                                     embed_dim)
+    text = AuthorsTextContextEncoder(num_contexts + class_token_length, 49408, text_width, text_heads,
+                                     text_layers, embed_dim)
     dec = AuthorsContextDecoder(decoder_width, decoder_heads, decoder_layers, embed_dim)
-    return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels, text, dec, num_contexts,
-                            text_width, embed_dim, 3, class_token_length)
+    return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels, text, dec,
+                            num_contexts, text_width, embed_dim, 3, class_token_length)
 
 
 def authors_vit_denseclip(class_names, width: int = 64, layers: int = 4, heads: int = 1, embed_dim: int = 64,
@@ -514,14 +525,15 @@ def authors_vit_denseclip(class_names, width: int = 64, layers: int = 4, heads: 
     if not with_text:
         return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels)
     stages[2] += len(class_names)
-    text = AuthorsTextContextEncoder(num_contexts + class_token_length, 49408, text_width, text_heads, text_layers,
-                                     embed_dim)
+    text = AuthorsTextContextEncoder(num_contexts + class_token_length, 49408, text_width, text_heads,
+                                     text_layers, embed_dim)
     dec = AuthorsContextDecoder(decoder_width, decoder_heads, decoder_layers, embed_dim)
-    return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels, text, dec, num_contexts,
-                            text_width, embed_dim, 2, class_token_length)
+    return AuthorsDenseCLIP(backbone, class_names, stages, neck_channels, head_channels, text, dec,
+                            num_contexts, text_width, embed_dim, 2, class_token_length)
 
 
-def authors_slide_inference(model: AuthorsDenseCLIP, img: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+def authors_slide_inference(model: AuthorsDenseCLIP, img: torch.Tensor, crop: int,
+                            stride: int) -> torch.Tensor:
     """mmseg 0.x / their slide_inference (square crop and stride): summed crop logits / overlap count."""
     b, _, h_img, w_img = img.shape
     h_grids = max(h_img - crop + stride - 1, 0) // stride + 1

@@ -17,9 +17,9 @@ import torch
 from conftest import make_clip, randomize_bn
 
 import denseclip
-from denseclip.config import TINY_RN_ARCH, DenseCLIPConfig
 from denseclip.checkpoints import atomic_path
 from denseclip.clip import WEIGHTS_DIR_ENV, create_clip, load_clip_state_dict
+from denseclip.config import TINY_RN_ARCH, DenseCLIPConfig
 from denseclip.hub import WeightsUnavailableError
 
 
@@ -138,8 +138,8 @@ def test_save_pretrained_from_pretrained_and_model_card(tmp_path, trained_tiny):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), trained_tiny(x), atol=0, rtol=0)
-    card = trained_tiny.generate_model_card(metrics={"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}, repo_id="me/tiny",
-                                            training={"lr": 1e-4})
+    metrics = {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}
+    card = trained_tiny.generate_model_card(metrics=metrics, repo_id="me/tiny", training={"lr": 1e-4})
     from huggingface_hub import ModelCard
 
     parsed = ModelCard(str(card))
@@ -200,7 +200,8 @@ def test_create_clip_from_weights_dir(tmp_path, monkeypatch):
 
     wdir = tmp_path / "weights"
     wdir.mkdir()
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(wdir / "tinyrn-dc-openai.safetensors"))
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    save_file(state, str(wdir / "tinyrn-dc-openai.safetensors"))
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(wdir))
     clip = create_clip("tinyrn-dc", "openai")
     torch.testing.assert_close(clip.visual.attnpool.c_proj.weight, src.visual.attnpool.c_proj.weight)

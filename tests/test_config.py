@@ -70,7 +70,8 @@ def test_values_are_validated():
 
 
 def test_presets_in_yaml_with_changes(tmp_path):
-    (tmp_path / "o.yaml").write_text("preset: denseclip-rn50-ade20k\nprompt:\n  num_contexts: 4\ntest:\n  mode: whole\n")
+    (tmp_path / "o.yaml").write_text("preset: denseclip-rn50-ade20k\nprompt:\n  num_contexts: 4\n"
+                                     "test:\n  mode: whole\n")
     o = DenseCLIPConfig.load_yaml(tmp_path / "o.yaml")
     assert o.prompt.num_contexts == 4 and o.prompt.decoder_layers == 3
     assert o.test.mode == "whole" and o.test.crop == 512 and o.clip_model == "RN50"
@@ -90,8 +91,8 @@ def test_one_registry_for_both_tasks():
         get_preset("nope")
     with pytest.raises(TypeError, match="build_model"):
         resolve("denseclip-tiny-rn", DetectionConfig)
-    assert resolve("denseclip-tiny-rn", DenseCLIPConfig, class_names=None).class_names == ("sky", "tree", "road",
-                                                                                           "person", "car")
+    tiny = resolve("denseclip-tiny-rn", DenseCLIPConfig, class_names=None)
+    assert tiny.class_names == ("sky", "tree", "road", "person", "car")
 
 
 def test_stored_configs_know_their_task():
@@ -102,7 +103,8 @@ def test_stored_configs_know_their_task():
 def test_prompting_fields_are_shared_by_both_tasks():
     seg, det = get_preset("denseclip-rn50-ade20k"), get_preset("denseclip-retinanet-rn50-coco")
     assert seg.prompt == det.prompt == PromptConfig()
-    assert get_preset("retinanet-clip-rn50-coco").prompt is None and get_preset("fpn-clip-rn50-ade20k").prompt is None
+    assert get_preset("retinanet-clip-rn50-coco").prompt is None
+    assert get_preset("fpn-clip-rn50-ade20k").prompt is None
     shared = {"name", "clip_model", "clip_pretrained", "clip_arch", "quick_gelu", "input_resolution",
               "class_names", "prompt", "tau", "aux_loss_weight"}
     assert shared <= set(seg.to_dict()) and shared <= set(det.to_dict())
@@ -138,5 +140,6 @@ def test_any_dataclass_can_join_the_config_system():
 
 
 def test_public_names():
-    for name in ("DenseCLIPConfig", "DetectionConfig", "PromptConfig", "TestConfig", "get_preset", "list_presets"):
+    names = ("DenseCLIPConfig", "DetectionConfig", "PromptConfig", "TestConfig", "get_preset", "list_presets")
+    for name in names:
         assert hasattr(denseclip, name)

@@ -77,7 +77,8 @@ def test_crop_smaller_image_and_padding():
     img = np.full((30, 40, 3), 128, np.uint8)
     lab = np.ones((30, 40), np.int64)
     x, y = t(img, lab, np.random.default_rng(0))  # resized to 24 x 32, then padded to 64 x 64
-    assert x.shape == (3, 64, 64) and y.shape == (64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (3, 64, 64) and y.shape == (64, 64)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert (y[:24, :32] == 1).all() and (y[24:] == 255).all() and (y[:, 32:] == 255).all()
     assert (x[:, 24:] == 0).all() and (x[:, :, 32:] == 0).all()  # 0 after normalisation (mmseg Pad order)
     assert torch.allclose(torch.from_numpy(_denorm(x)[:24, :32]), torch.tensor(128.0), atol=1e-3)

@@ -137,7 +137,8 @@ def test_vit_stage_maps_dense_and_official_class_token(tiny_vit_clip, official):
         last = tiny_vit_clip.visual.ln_post(outs[-1]) @ tiny_vit_clip.visual.proj
         maps = [o[:, 1:].transpose(1, 2).reshape(1, -1, h, w) for o in outs]
     torch.testing.assert_close(out.global_embedding, last[:, 0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.dense, last[:, 1:].transpose(1, 2).reshape(1, -1, h, w), atol=1e-5, rtol=1e-5)
+    dense = last[:, 1:].transpose(1, 2).reshape(1, -1, h, w)
+    torch.testing.assert_close(out.dense, dense, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.features[2], enc.fpn3(maps[2]), atol=1e-5, rtol=1e-5)
     assert [f.shape[-1] for f in out.features] == [16, 8, 4, 2]  # strides 4, 8, 16, 32 at 64 px
     if official:  # the double class embedding really changes the class token

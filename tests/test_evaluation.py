@@ -13,7 +13,8 @@ from denseclip.metrics import SegMetric
 @pytest.fixture(scope="module")
 def model_and_data():
     torch.manual_seed(0)
-    return denseclip.build_model("denseclip-tiny-rn", pretrained=False).eval(), SyntheticSegDataset(length=5, seed=3)
+    model = denseclip.build_model("denseclip-tiny-rn", pretrained=False).eval()
+    return model, SyntheticSegDataset(length=5, seed=3)
 
 
 def test_evaluate_equals_a_hand_loop(model_and_data):

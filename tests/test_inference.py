@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import denseclip
-from denseclip.data.transforms import keep_ratio_size, normalize_image
 from denseclip import TestConfig
+from denseclip.data.transforms import keep_ratio_size, normalize_image
 from denseclip.inference import _logits, slide, slide_windows
-
 
 WHOLE = TestConfig(mode="whole", short_side=64, max_long_side=256)
 
@@ -126,7 +125,8 @@ def test_predict_restores_training_mode_and_validates_mode(model):
 def test_predict_follows_the_models_test_pipeline_by_default(model):
     rgb = (np.random.default_rng(5).random((48, 80, 3)) * 255).astype(np.uint8)
     assert model.cfg.test.mode == "whole" and model.cfg.test.short_side == 64
-    torch.testing.assert_close(denseclip.predict(model, rgb).probs, denseclip.predict(model, rgb, WHOLE).probs)
+    default, whole = denseclip.predict(model, rgb), denseclip.predict(model, rgb, WHOLE)
+    torch.testing.assert_close(default.probs, whole.probs)
 
 
 def test_predict_bf16_autocast_close(model):

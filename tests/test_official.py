@@ -72,7 +72,8 @@ def mmcv_checkpoint(model: nn.Module, names) -> dict:
             "CLASSES": tuple(names), "PALETTE": [[120, 120, 120]] * len(names), "iter": 80000,
             "hook_msgs": {"last_ckpt": "work_dirs/iter_80000.pth"}}
     return {"meta": meta, "state_dict": model.state_dict(),
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.999), "params": [0, 1]}]}}
+            "optimizer": {"state": {},
+                          "param_groups": [{"lr": 1e-6, "betas": (0.9, 0.999), "params": [0, 1]}]}}
 
 
 def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -170,7 +171,8 @@ def test_resnet_checkpoint_config_is_read_off_the_tensors(rn_loaded, rn_ref):
         {k for k in ours if k.endswith("num_batches_tracked")}
     for k, v in ours.items():
         assert torch.equal(m.state_dict()[k], v), k
-    assert {"encoder.visual.attnpool.q_proj.weight", "prompting.contexts", "head.conv_seg.weight"} <= set(ours)
+    expected = {"encoder.visual.attnpool.q_proj.weight", "prompting.contexts", "head.conv_seg.weight"}
+    assert expected <= set(ours)
 
 
 def test_key_translation_is_a_table_of_prefixes():
@@ -178,7 +180,8 @@ def test_key_translation_is_a_table_of_prefixes():
           "context_decoder.out_proj.1.bias": 4, "contexts": 5, "gamma": 6, "decode_head.conv_seg.bias": 7,
           "neck.fpn_convs.0.conv.weight": 8, "identity_head.conv_seg.weight": 9}
     assert translate(sd, use_text=True) == {
-        "encoder.fpn1.0.weight": 1, "encoder.visual.conv1.weight": 2, "prompting.text_encoder.ln_final.weight": 3,
+        "encoder.fpn1.0.weight": 1, "encoder.visual.conv1.weight": 2,
+        "prompting.text_encoder.ln_final.weight": 3,
         "prompting.context_decoder.out_proj.1.bias": 4, "prompting.contexts": 5, "prompting.gamma": 6,
         "head.conv_seg.bias": 7, "neck.fpn_convs.0.conv.weight": 8}
     assert translate({"backbone.attnpool.c_proj.bias": 1, "backbone.proj": 2}, use_text=False) == {}
@@ -208,7 +211,8 @@ def test_resnet_context_decoder_matters(rn_loaded, rn_ref):
 def test_slide_inference_matches_authors(rn_loaded, rn_ref):
     x = image(1, 96, 150, seed=7)
     with torch.no_grad():
-        err = rel_err(slide(lambda c: _logits(rn_loaded, c), x, 96, 64), authors_slide_inference(rn_ref, x, 96, 64))
+        ours = slide(lambda c: _logits(rn_loaded, c), x, 96, 64)
+        err = rel_err(ours, authors_slide_inference(rn_ref, x, 96, 64))
     assert err <= TOL
 
 
@@ -272,8 +276,11 @@ def test_baseline_with_attention_pool_matches(tmp_path):
 @pytest.mark.parametrize("arch", ["rn", "vit"])
 def test_authors_baseline_layout_loads(tmp_path, arch):
     torch.manual_seed(0)
-    ref = authors_resnet_denseclip(RN_NAMES, layers=(1, 1, 1, 1), width=16, with_text=False, attention=False) \
-        if arch == "rn" else authors_vit_denseclip(RN_NAMES, with_text=False)
+    if arch == "rn":
+        ref = authors_resnet_denseclip(RN_NAMES, layers=(1, 1, 1, 1), width=16, with_text=False,
+                                       attention=False)
+    else:
+        ref = authors_vit_denseclip(RN_NAMES, with_text=False)
     randomize_(ref, seed=6)
     torch.save(mmcv_checkpoint(ref, RN_NAMES), tmp_path / "fpn_clip.pth")
     preset = VIT_PRESET if arch == "vit" else None
@@ -328,10 +335,12 @@ def _save_modified(rn_ref, tmp_path, change) -> str:
 
 
 @pytest.mark.parametrize("key,change", [
-    ("decode_head.scale_heads.2.0.bn.running_mean", lambda sd: sd.pop("decode_head.scale_heads.2.0.bn.running_mean")),
+    ("decode_head.scale_heads.2.0.bn.running_mean",
+     lambda sd: sd.pop("decode_head.scale_heads.2.0.bn.running_mean")),
     ("context_decoder.decoder.1.mlp.0.weight",
      lambda sd: sd.update({"context_decoder.decoder.1.mlp.0.weight": torch.zeros(3, 64)})),
-    ("backbone.layer9.0.conv1.weight", lambda sd: sd.update({"backbone.layer9.0.conv1.weight": torch.zeros(1)})),
+    ("backbone.layer9.0.conv1.weight",
+     lambda sd: sd.update({"backbone.layer9.0.conv1.weight": torch.zeros(1)})),
     ("backbone.attnpool.positional_embedding", lambda sd: sd.pop("backbone.attnpool.positional_embedding")),
 ], ids=["missing", "wrong-shape", "unexpected", "missing-arch-key"])
 def test_mismatched_checkpoint_names_the_key(rn_ref, tmp_path, key, change):
@@ -368,8 +377,8 @@ def test_150_classes_without_meta_fall_back_to_ade20k(rn_ref):
 def test_150_class_checkpoint_without_classes_loads_with_ade20k_names(tmp_path):
     """Also the ViT-B/16 layout without a preset: 12 blocks, taps (3, 5, 7, 11), 150 classes."""
     torch.manual_seed(0)
-    ref = randomize_(authors_vit_denseclip(ADE20K_CLASSES, layers=12, out_indices=(3, 5, 7, 11), text_layers=1,
-                                           decoder_layers=1), seed=8)
+    ref = randomize_(authors_vit_denseclip(ADE20K_CLASSES, layers=12, out_indices=(3, 5, 7, 11),
+                                           text_layers=1, decoder_layers=1), seed=8)
     ckpt = mmcv_checkpoint(ref, ADE20K_CLASSES)
     del ckpt["meta"]["CLASSES"]
     torch.save(ckpt, tmp_path / "ade.pth")
@@ -381,7 +390,8 @@ def test_150_class_checkpoint_without_classes_loads_with_ade20k_names(tmp_path):
 def test_other_class_counts_without_names_are_a_clear_error(rn_ref):
     with pytest.raises(ValueError, match="class_names"):
         config_from_official(_shapes_with_classes(rn_ref, 5), {})
-    cfg = config_from_official(_shapes_with_classes(rn_ref, 5), {}, base=DenseCLIPConfig(class_names=RN_NAMES))
+    base = DenseCLIPConfig(class_names=RN_NAMES)
+    cfg = config_from_official(_shapes_with_classes(rn_ref, 5), {}, base=base)
     assert cfg.class_names == RN_NAMES
 
 

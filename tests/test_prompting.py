@@ -75,7 +75,8 @@ def test_text_encoder_batch_of_contexts(tiny_rn_clip):
 def test_text_encoder_truncates_positional_embedding_and_names(tiny_rn_clip):
     enc = ContextTextEncoder(tiny_rn_clip, num_contexts=8, class_token_budget=5)
     assert enc.positional_embedding.shape == (13, 32)
-    torch.testing.assert_close(enc.positional_embedding.detach(), tiny_rn_clip.positional_embedding[:13].detach())
+    expected = tiny_rn_clip.positional_embedding[:13].detach()
+    torch.testing.assert_close(enc.positional_embedding.detach(), expected)
     assert enc.attn_mask.shape == (13, 13) and torch.isinf(enc.attn_mask[0, 1]) and enc.attn_mask[1, 0] == 0
     keys = set(enc.state_dict())
     assert {"token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight",
@@ -186,5 +187,5 @@ def test_score_map_formula():
     b, k, y, x = 1, 3, 2, 1
     cos = F.cosine_similarity(dense[b, :, y, x], text[b, k], dim=0)
     torch.testing.assert_close(s[b, k, y, x], cos)
-    torch.testing.assert_close(score_maps(dense, text[0]), torch.einsum("bchw,kc->bkhw", F.normalize(dense, dim=1),
-                                                                          F.normalize(text[0], dim=1)))
+    expected = torch.einsum("bchw,kc->bkhw", F.normalize(dense, dim=1), F.normalize(text[0], dim=1))
+    torch.testing.assert_close(score_maps(dense, text[0]), expected)

@@ -130,11 +130,11 @@ def test_contexts_and_gamma_init():
     assert prompting.contexts.abs().max() <= 2.0  # trunc_normal_ defaults: std 1, cut at +-2
     assert 0.6 < prompting.contexts.std().item() < 1.1
     torch.testing.assert_close(prompting.gamma.detach(), torch.full((32,), 1e-4))
-    phrase = build_model("denseclip-tiny-rn", pretrained=False, prompt={"context_init": "a photo of a"}).prompting
+    phrase = build_model("denseclip-tiny-rn", pretrained=False, prompt={"context_init": "a photo of a"})
     from denseclip.prompting import phrase_embeddings
 
-    torch.testing.assert_close(phrase.contexts[0].detach(), phrase_embeddings(phrase.text_encoder.token_embedding,
-                                                                               "a photo of a"))
+    expected = phrase_embeddings(phrase.prompting.text_encoder.token_embedding, "a photo of a")
+    torch.testing.assert_close(phrase.prompting.contexts[0].detach(), expected)
     with pytest.raises(ValueError, match="num_contexts"):
         build_model("denseclip-tiny-rn", pretrained=False, prompt={"context_init": "a photo"})
 

@@ -83,8 +83,8 @@ def test_get_class_names_from_string_and_list():
 
 def test_get_class_names_from_file(tmp_path):
     path = tmp_path / "names.txt"
-    path.write_text("# my classes\n\nwall\n  stop   sign  \ncafé  # inline comment\n東京タワー\nbuilding, edifice\n",
-                    encoding="utf-8")
+    path.write_text("# my classes\n\nwall\n  stop   sign  \ncafé  # inline comment\n東京タワー\n"
+                    "building, edifice\n", encoding="utf-8")
     expected = ("wall", "stop sign", "café", "東京タワー", "building, edifice")
     assert get_class_names(path) == expected
     assert get_class_names(str(path)) == expected
