@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,8 @@ import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-import eval_det  # noqa: E402
-import train_det  # noqa: E402
-
-from denseclip.detection import load_detector  # noqa: E402
+from denseclip.detection import load_detector
+from train import eval_det, train_det
 
 RETINANET = str(ROOT / "train/configs/det_tiny_synthetic.yaml")
 MASKRCNN = str(ROOT / "train/configs/det_tiny_synthetic_maskrcnn.yaml")

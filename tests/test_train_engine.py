@@ -4,7 +4,6 @@ checkpoint files, optimizer groups, Hub checks. Fast unit tests (no training loo
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-from engine import (  # noqa: E402
+import denseclip
+from train.engine import (
     DistEnv,
     InfiniteSampler,
     StreamDataset,
@@ -35,10 +33,8 @@ from engine import (  # noqa: E402
     set_rng_state,
     write_checkpoint,
 )
-from engine.hub import HubUnavailableError, check_hub_ready  # noqa: E402
-from seg_data import DataConfig, resolve_class_names  # noqa: E402
-
-import denseclip  # noqa: E402
+from train.engine.hub import HubUnavailableError, check_hub_ready
+from train.seg_data import DataConfig, resolve_class_names
 
 CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p.stem.startswith("det_"))  # segmentation
 

@@ -5,17 +5,14 @@ checkpoints, --stop-at and resume, the final folder. train_seg/train_det run it 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-from engine import (  # noqa: E402
+import denseclip
+from train.engine import (
     DistEnv,
     TrainConfig,
     finish_training,
@@ -26,8 +23,6 @@ from engine import (  # noqa: E402
     run_training,
     start_training,
 )
-
-import denseclip  # noqa: E402
 
 TOTAL = 4  # images per iteration
 

@@ -19,14 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-import eval_seg  # noqa: E402
-import train_seg  # noqa: E402
-
-from denseclip.data.base import DatasetError  # noqa: E402
-from denseclip.data.synthetic import SyntheticSegDataset, write_folder_dataset  # noqa: E402
-from denseclip.metrics import SegMetric  # noqa: E402
+from denseclip.data.base import DatasetError
+from denseclip.data.synthetic import SyntheticSegDataset, write_folder_dataset
+from denseclip.metrics import SegMetric
+from train import eval_seg, train_seg
 
 TINY = str(ROOT / "train" / "configs" / "tiny_synthetic.yaml")
 # 12 iterations at a total batch of 4 = 2 images x 2 accumulation steps; 20 images, so epochs turn over
@@ -109,9 +105,9 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, reference_run):
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, reference_run):
     work = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "train" / "train_seg.py"), *SHORT, "--work-dir", str(work),
+    cmd = [sys.executable, "-m", "train.train_seg", *SHORT, "--work-dir", str(work),
            "--train.checkpoint_interval", "2"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = work / "checkpoints" / "iter_0000006" / "state.pt"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -139,8 +135,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     args = [*SHORT, "--train.max_iters", "6", "--train.checkpoint_interval", "6"]
     multi = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train" / "train_seg.py"), *args, "--work-dir", str(multi)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+           "-m", "train.train_seg", *args, "--work-dir", str(multi)]
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world 2 x batch 2 x accumulation 1 = total batch 4" in r.stderr
     single = tmp_path / "single"
@@ -153,9 +149,9 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     # evaluation split over 2 ranks (areas all-reduced) == evaluation in one process
     out2, out1 = tmp_path / "m2.json", tmp_path / "m1.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train" / "eval_seg.py"), "--checkpoint", str(multi / "final"), "--config", TINY,
+           "-m", "train.eval_seg", "--checkpoint", str(multi / "final"), "--config", TINY,
            "--workers", "0", "--out", str(out2)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0", "--out", str(out1)])
     m2, m1 = json.loads(out2.read_text()), json.loads(out1.read_text())

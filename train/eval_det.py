@@ -1,8 +1,8 @@
 """Evaluate a DenseCLIP detector with COCOeval: box AP (and mask AP for Mask R-CNN), written to metrics.json.
 
-    python train/eval_det.py --checkpoint work_dirs/ret50/final --config train/configs/det_denseclip_retinanet_rn50_coco.yaml
-    torchrun --nproc_per_node 8 train/eval_det.py --checkpoint ... --config ...       # images split over GPUs
-    python train/eval_det.py --checkpoint user/denseclip-retinanet-rn50-coco --config ... --data.root /data/coco
+    python -m train.eval_det --checkpoint work_dirs/ret50/final --config train/configs/det_denseclip_retinanet_rn50_coco.yaml
+    torchrun --nproc_per_node 8 -m train.eval_det --checkpoint ... --config ...       # images split over GPUs
+    python -m train.eval_det --checkpoint user/denseclip-retinanet-rn50-coco --config ... --data.root /data/coco
 
 The data comes from the config's `data:` section (val_images / val_ann; a run's config.yaml works, and
 `--data.key value` overrides as in train_det.py). The model and its test settings (image size, score
@@ -11,22 +11,22 @@ threshold, NMS, detections per image) come from the checkpoint's config.
 
 from __future__ import annotations
 
-import sys
+if not __package__:  # run as a file: the package's imports cannot work
+    raise SystemExit("run it as a module from the repository root: python -m train.eval_det --help")
+
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from denseclip.detection import CocoDetection, evaluate_detector, load_detector
 
-from engine import (  # noqa: E402
+from .engine import (
     dataclass_from_dict,
     distributed_session,
     eval_parser,
     load_run_config,
     report_metrics,
 )
-from train_det import SECTIONS, DetDataConfig, build_datasets, val_loader  # noqa: E402
-
-from denseclip.detection import CocoDetection, evaluate_detector, load_detector  # noqa: E402
+from .train_det import SECTIONS, DetDataConfig, build_datasets, val_loader
 
 
 def parse_args(argv=None):

@@ -1,8 +1,8 @@
 """Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to metrics.json.
 
-    python train/eval_seg.py --checkpoint work_dirs/rn50/final --config train/configs/denseclip_rn50_ade20k.yaml
-    python train/eval_seg.py --checkpoint denseclip_fpn_res50.pth --config ... --aug        # multi-scale + flip
-    torchrun --nproc_per_node 8 train/eval_seg.py --checkpoint ... --config ...          # images split over GPUs
+    python -m train.eval_seg --checkpoint work_dirs/rn50/final --config train/configs/denseclip_rn50_ade20k.yaml
+    python -m train.eval_seg --checkpoint denseclip_fpn_res50.pth --config ... --aug        # multi-scale + flip
+    torchrun --nproc_per_node 8 -m train.eval_seg --checkpoint ... --config ...          # images split over GPUs
 
 The test pipeline comes from the checkpoint's config (`model.test`: slide 512/341 for the ADE20K
 presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors' multi-scale + flip
@@ -12,26 +12,25 @@ presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: the package's imports cannot work
+    raise SystemExit("run it as a module from the repository root: python -m train.eval_seg --help")
+
 import dataclasses
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import denseclip
+from denseclip.evaluation import evaluate
+from denseclip.metrics import format_table
 
-from engine import (  # noqa: E402
+from .engine import (
     dataclass_from_dict,
     distributed_session,
     eval_parser,
     load_run_config,
     report_metrics,
 )
-from seg_data import DataConfig, build_dataset  # noqa: E402
-
-import denseclip  # noqa: E402
-from denseclip.evaluation import evaluate  # noqa: E402
-from denseclip.metrics import format_table  # noqa: E402
+from .seg_data import DataConfig, build_dataset
 
 AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 

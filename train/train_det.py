@@ -1,9 +1,9 @@
 """Train a DenseCLIP (or CLIP baseline) RetinaNet / Mask R-CNN on COCO-format data from a YAML config.
 
-    python train/train_det.py --config train/configs/det_denseclip_retinanet_rn50_coco.yaml --work-dir work_dirs/ret50
-    torchrun --nproc_per_node 8 train/train_det.py --config ...          # 8 GPUs x 2 images = total batch 16
-    python train/train_det.py --config ... --schedule.epochs 1 --train.batch_size 1   # dotted overrides
-    python train/train_det.py --config ... --work-dir work_dirs/ret50 --resume        # continue a killed run
+    python -m train.train_det --config train/configs/det_denseclip_retinanet_rn50_coco.yaml --work-dir work_dirs/ret50
+    torchrun --nproc_per_node 8 -m train.train_det --config ...          # 8 GPUs x 2 images = total batch 16
+    python -m train.train_det --config ... --schedule.epochs 1 --train.batch_size 1   # dotted overrides
+    python -m train.train_det --config ... --work-dir work_dirs/ret50 --resume        # continue a killed run
 
 The machinery is the segmentation engine's (train/engine): YAML + `--section.key value` overrides, torchrun,
 AdamW groups from `model.param_groups`, linear warm-up, AMP, gradient clipping, the resumable data stream,
@@ -15,8 +15,10 @@ each epoch in `steps`). Leave `train.schedule: constant` in the YAML; the run's 
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: the package's imports cannot work
+    raise SystemExit("run it as a module from the repository root: python -m train.train_det --help")
+
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -24,11 +26,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from denseclip.detection.config import DetectionConfig, get_detection_preset
 from torch.utils.data import DataLoader, Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from denseclip.detection import (
+    CocoDetection,
+    build_detector,
+    collate_detection,
+    evaluate_detector,
+    save_detector,
+    to_sample,
+    write_synthetic_coco,
+)
 
-from engine import (  # noqa: E402
+from .engine import (
     accumulation_steps,
     broadcast_error,
     build_train_loader,
@@ -47,17 +58,6 @@ from engine import (  # noqa: E402
     train_parser,
     work_dir_of,
 )
-
-from denseclip.detection import (  # noqa: E402
-    CocoDetection,
-    build_detector,
-    collate_detection,
-    evaluate_detector,
-    save_detector,
-    to_sample,
-    write_synthetic_coco,
-)
-from denseclip.detection.config import DetectionConfig, get_detection_preset  # noqa: E402
 
 SECTIONS = ("model", "data", "schedule", "train")
 

@@ -1,9 +1,9 @@
 """Train a DenseCLIP (or CLIP + FPN) segmentor from a YAML config.
 
-    python train/train_seg.py --config train/configs/denseclip_rn50_ade20k.yaml --work-dir work_dirs/rn50
-    torchrun --nproc_per_node 8 train/train_seg.py --config ... --work-dir ...       # 8 GPUs x 4 = batch 32
-    python train/train_seg.py --config ... --train.max_iters 100 --model.num_contexts 4   # dotted overrides
-    python train/train_seg.py --config ... --work-dir work_dirs/rn50 --resume         # continue a killed run
+    python -m train.train_seg --config train/configs/denseclip_rn50_ade20k.yaml --work-dir work_dirs/rn50
+    torchrun --nproc_per_node 8 -m train.train_seg --config ... --work-dir ...       # 8 GPUs x 4 = batch 32
+    python -m train.train_seg --config ... --train.max_iters 100 --model.num_contexts 4   # dotted overrides
+    python -m train.train_seg --config ... --work-dir work_dirs/rn50 --resume         # continue a killed run
 
 Any `--section.key value` not listed below overrides the YAML. On fewer GPUs the same total batch
 (train.total_batch) is reached by gradient accumulation, computed from the per-GPU batch and the
@@ -12,16 +12,19 @@ world size. Everything that can fail (dataset files, weights, the Hub) is checke
 
 from __future__ import annotations
 
+if not __package__:  # run as a file: the package's imports cannot work
+    raise SystemExit("run it as a module from the repository root: python -m train.train_seg --help")
+
 import math
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import denseclip
+from denseclip.evaluation import evaluate
 
-from engine import (  # noqa: E402
+from .engine import (
     accumulation_steps,
     broadcast_buffers,
     broadcast_error,
@@ -41,10 +44,7 @@ from engine import (  # noqa: E402
     train_parser,
     work_dir_of,
 )
-from seg_data import DataConfig, build_dataset, build_train_transform, resolve_class_names  # noqa: E402
-
-import denseclip  # noqa: E402
-from denseclip.evaluation import evaluate  # noqa: E402
+from .seg_data import DataConfig, build_dataset, build_train_transform, resolve_class_names
 
 SECTIONS = ("model", "data", "train")
 
