@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 import denseclip
+from denseclip.config import DenseCLIPConfig
 from train.engine import (
     DistEnv,
     InfiniteSampler,
@@ -26,7 +27,6 @@ from train.engine import (
     load_training_state,
     lr_at,
     model_card,
-    model_config_from_dict,
     parse_overrides,
     resolve_resume,
     rng_state,
@@ -40,10 +40,10 @@ CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p
 
 
 def test_parse_overrides_types():
-    ov = parse_overrides(["--train.max_iters", "100", "--train.lr", "1e-4", "--model.num_contexts=4",
+    ov = parse_overrides(["--train.max_iters", "100", "--train.lr", "1e-4", "--model.prompt.num_contexts=4",
                           "--train.amp", "bf16", "--train.grad_clip", "null", "--data.scale", "[512, 128]",
                           "--train.sync_bn", "false", "--model.test.mode", "whole"])
-    assert ov == {"train.max_iters": 100, "train.lr": 1e-4, "model.num_contexts": 4, "train.amp": "bf16",
+    assert ov == {"train.max_iters": 100, "train.lr": 1e-4, "model.prompt.num_contexts": 4, "train.amp": "bf16",
                   "train.grad_clip": None, "data.scale": [512, 128], "train.sync_bn": False,
                   "model.test.mode": "whole"}
     with pytest.raises(ValueError, match="no value"):
@@ -55,11 +55,13 @@ def test_parse_overrides_types():
 def test_load_run_config_with_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  preset: denseclip-tiny-rn\ndata:\n  type: synthetic\ntrain:\n  max_iters: 10\n")
-    cfg = load_run_config(p, ["--train.max_iters", "3", "--model.test.mode", "slide", "--train.betas", "[0.8, 0.9]"])
+    cfg = load_run_config(p, ["--train.max_iters", "3", "--model.test.mode", "slide", "--train.betas", "[0.8, 0.9]",
+                              "--model.prompt.num_contexts", "2"])
     assert isinstance(cfg["train"], TrainConfig) and cfg["train"].max_iters == 3 and cfg["train"].betas == (0.8, 0.9)
-    m = model_config_from_dict(cfg["model"])
+    m = DenseCLIPConfig.from_dict(cfg["model"])
     assert m.name == "denseclip-tiny-rn" and m.test.mode == "slide" and m.test.crop == 64  # test merged, not replaced
-    with pytest.raises(KeyError, match=r"unknown train key\(s\) \['max_iter'\].*max_iters"):
+    assert m.prompt.num_contexts == 2 and m.prompt.decoder_width == 32  # the preset's prompt, one field changed
+    with pytest.raises(KeyError, match=r"unknown train field\(s\) \['max_iter'\].*max_iters"):
         load_run_config(p, ["--train.max_iter", "3"])
     with pytest.raises(KeyError, match="first part must be a section"):
         load_run_config(p, ["--optim.lr", "3"])
@@ -72,8 +74,8 @@ def test_load_run_config_with_overrides(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_load(path):
     cfg = load_run_config(path, ["--data.root", "/data"] if "synthetic" not in path.stem else [])
-    model = model_config_from_dict(cfg["model"])
-    data = DataConfig(**{k: v for k, v in cfg["data"].items()})
+    model = DenseCLIPConfig.from_dict(cfg["model"])
+    data = DataConfig.from_dict(cfg["data"], "data")
     if "ade20k" in path.stem:  # the authors' recipe
         t = cfg["train"]
         assert (t.max_iters, t.total_batch, t.lr, t.weight_decay, t.backbone_lr_mult, t.warmup_iters,
@@ -222,12 +224,20 @@ def test_optimizer_groups_follow_the_recipe():
     opt = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1))
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
-    assert all(id(p) not in by_param for n, p in named.items() if n.startswith("text_encoder."))  # frozen
-    assert by_param[id(named["contexts"])]["lr"] == 1e-4 and by_param[id(named["gamma"])]["lr"] == 1e-4
-    bb = [n for n in named if n.startswith("backbone.")]
-    assert all(by_param[id(named[n])]["initial_lr"] == pytest.approx(1e-5) for n in bb)
-    norms = [n for n in named if "norm" in n and not n.startswith(("backbone.", "text_encoder."))]
+    text = [n for n in named if n.startswith("prompting.text_encoder.")]
+    assert text and all(id(named[n]) not in by_param for n in text)  # frozen
+    assert by_param[id(named["prompting.contexts"])]["lr"] == 1e-4 and by_param[id(named["prompting.gamma"])]["lr"] == 1e-4
+    bb = [n for n in named if n.startswith("encoder.")]
+    assert bb and all(by_param[id(named[n])]["initial_lr"] == pytest.approx(1e-5) for n in bb)
+    norms = [n for n in named if "norm" in n and not n.startswith(("encoder.", "prompting.text_encoder."))]
     assert norms and all(by_param[id(named[n])]["weight_decay"] == 0.0 for n in norms)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in named.values())
+    # one switch: the model config's freeze_text_encoder; unfrozen, the text encoder trains at the backbone's lr
+    thawed = denseclip.build_model("denseclip-tiny-rn", pretrained=False, prompt={"freeze_text_encoder": False})
+    opt = build_optimizer(thawed, TrainConfig(lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    text = [p for n, p in thawed.named_parameters() if n.startswith("prompting.text_encoder.")]
+    assert text and all(by_param[id(p)]["initial_lr"] == pytest.approx(1e-5) for p in text)
 
 
 def test_class_names_come_from_the_dataset():
@@ -268,17 +278,3 @@ def test_model_card_follows_the_task():
     assert "| box AP | box AP50 | box AP75 |" in retina and "mask AP" not in retina
     assert "## Validation" not in model_card(det_cfg, None, None, "u/d")
     assert headline({"mIoU": 0.4567}, "mIoU") == "mIoU 45.67" and headline({"bbox_AP": 0.4567}, "bbox_AP") == "box AP 45.7"
-
-
-def test_model_config_from_dict_takes_the_task_config():
-    from denseclip.detection.config import DetectionConfig, get_detection_preset
-
-    d = {"preset": "denseclip-retinanet-tiny", "num_contexts": 4, "class_names": ["a", "b"]}
-    cfg = model_config_from_dict(d, DetectionConfig, get_detection_preset)
-    assert isinstance(cfg, DetectionConfig) and cfg.num_contexts == 4 and cfg.class_names == ("a", "b")
-    assert cfg == get_detection_preset("denseclip-retinanet-tiny").replace(num_contexts=4, class_names=("a", "b"))
-    assert d["preset"] == "denseclip-retinanet-tiny"  # the section is not consumed
-    assert model_config_from_dict(cfg.to_dict(), DetectionConfig, get_detection_preset) == cfg  # every field
-    with pytest.raises(KeyError, match="num_context"):
-        model_config_from_dict({"preset": "denseclip-retinanet-tiny", "num_context": 4}, DetectionConfig,
-                               get_detection_preset)

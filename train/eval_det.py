@@ -20,7 +20,6 @@ from pathlib import Path
 from denseclip.detection import CocoDetection, evaluate_detector, load_detector
 
 from .engine import (
-    dataclass_from_dict,
     distributed_session,
     eval_parser,
     load_run_config,
@@ -40,7 +39,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_run_config(args.config, overrides, sections=SECTIONS)
-    data = dataclass_from_dict(DetDataConfig, cfg["data"], "data")
+    data = DetDataConfig.from_dict(cfg["data"], "data")
     if not data.val_images or not data.val_ann:
         raise ValueError("no validation data: set data.val_images and data.val_ann (or pass --data.val_ann PATH)")
     with distributed_session(args.device) as env:

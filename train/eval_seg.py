@@ -15,7 +15,6 @@ from __future__ import annotations
 if not __package__:  # run as a file: the package's imports cannot work
     raise SystemExit("run it as a module from the repository root: python -m train.eval_seg --help")
 
-import dataclasses
 
 import torch
 
@@ -24,7 +23,6 @@ from denseclip.evaluation import evaluate
 from denseclip.metrics import format_table
 
 from .engine import (
-    dataclass_from_dict,
     distributed_session,
     eval_parser,
     load_run_config,
@@ -44,7 +42,7 @@ def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
         changes["scales"] = tuple(args.scales)
     if args.flip:
         changes["flip"] = True
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 def parse_args(argv=None):
@@ -67,7 +65,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
     cfg = load_run_config(args.config, overrides)
-    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], "data")
+    data_cfg = DataConfig.from_dict(cfg["data"], "data")
     with distributed_session(args.device) as env:
         split = args.split or data_cfg.splits()[1]
         if split is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from denseclip.config import Config
 from denseclip.data.ade20k import ADE20KDataset
 from denseclip.data.coco_stuff import COCOStuffDataset
 from denseclip.data.folder import FolderDataset
@@ -23,7 +24,7 @@ _DEFAULT_SPLITS = {"ade20k": ("training", "validation"), "coco_stuff": ("train20
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     type: str = "ade20k"
     root: str | None = None
     train_split: str | None = None  # None: the dataset's usual name (training / train2017 / train)

@@ -20,21 +20,21 @@ if not __package__:  # run as a file: the package's imports cannot work
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from denseclip.detection.config import DetectionConfig, get_detection_preset
 from torch.utils.data import DataLoader, Subset
 
+from denseclip.checkpoints import save_checkpoint
+from denseclip.config import Config, DetectionConfig
 from denseclip.detection import (
     CocoDetection,
     build_detector,
     collate_detection,
     evaluate_detector,
-    save_detector,
     to_sample,
     write_synthetic_coco,
 )
@@ -44,13 +44,11 @@ from .engine import (
     broadcast_error,
     build_train_loader,
     check_hub_ready,
-    dataclass_from_dict,
     distributed_session,
     finish_training,
     init_seed,
     keep_best,
     load_run_config,
-    model_config_from_dict,
     resolve_resume,
     run_training,
     save_run_config,
@@ -63,7 +61,7 @@ SECTIONS = ("model", "data", "schedule", "train")
 
 
 @dataclass
-class DetDataConfig:
+class DetDataConfig(Config):
     """COCO-format data: image folders + instances jsons, relative to `root` (the COCO 2017 layout)."""
 
     root: str = "data/coco"
@@ -77,7 +75,7 @@ class DetDataConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(Config):
     """mmdet step schedule in epochs (1x: 12 epochs, lr x0.1 after epochs 8 and 11)."""
 
     epochs: int = 12
@@ -143,9 +141,9 @@ def _prepare(cfg, args, env):
     is raised on every rank (engine.broadcast_error), never left as a hang."""
     error = parsed = None
     try:
-        data = dataclass_from_dict(DetDataConfig, cfg["data"], "data")
-        sched = dataclass_from_dict(ScheduleConfig, cfg["schedule"], "schedule")
-        model_cfg = model_config_from_dict(cfg["model"], DetectionConfig, get_detection_preset)
+        data = DetDataConfig.from_dict(cfg["data"], "data")
+        sched = ScheduleConfig.from_dict(cfg["schedule"], "schedule")
+        model_cfg = DetectionConfig.from_dict(cfg["model"], "model")
         tcfg = cfg["train"]
         if tcfg.schedule not in ("constant", "step"):  # "step": a run's own config.yaml
             raise ValueError("detection schedules come from the schedule: section; set train.schedule: constant")
@@ -163,7 +161,7 @@ def _prepare(cfg, args, env):
     data, sched, model_cfg, tcfg, accum = parsed
     result = None
     try:
-        train_ds, val_ds = build_datasets(replace(data, synthetic=0), model_cfg.with_masks)
+        train_ds, val_ds = build_datasets(data.replace(synthetic=0), model_cfg.with_masks)
         if "class_names" not in cfg["model"]:
             model_cfg = model_cfg.replace(class_names=train_ds.class_names)
         elif tuple(model_cfg.class_names) != train_ds.class_names:
@@ -175,7 +173,7 @@ def _prepare(cfg, args, env):
         if env.is_main and args.push_to_hub:
             check_hub_ready(args.push_to_hub)
         per_epoch = math.ceil(len(train_ds) / tcfg.total_batch)  # epochs -> iterations, for the engine
-        tcfg = replace(tcfg, max_iters=sched.epochs * per_epoch, schedule="step",
+        tcfg = tcfg.replace(max_iters=sched.epochs * per_epoch, schedule="step",
                        lr_steps=tuple(s * per_epoch for s in sched.steps), lr_gamma=sched.gamma)
         result = (data, sched, model_cfg, tcfg, train_ds, val_ds, accum, per_epoch)
     except Exception as e:  # noqa: BLE001
@@ -207,7 +205,7 @@ def train(cfg, args, work_dir: Path, env) -> dict:
     model = build_detector(model_cfg, pretrained=resume_from is None)  # resuming: the checkpoint has every weight
     # sync_bn is off in the presets (the authors' CLIP ResNet uses plain BatchNorm); image sizes vary: no cudnn.benchmark
     run = start_training(model, tcfg, env, work_dir, accum, resume_from, best={"bbox_AP": -1.0, "iteration": -1},
-                         save_model=save_detector, progress=not args.no_progress, cudnn_benchmark=False)
+                         save_model=save_checkpoint, progress=not args.no_progress, cudnn_benchmark=False)
     model = run.model
     if env.is_main:
         save_run_config({"model": model.cfg, "data": data, "schedule": sched, "train": tcfg}, work_dir / "config.yaml")

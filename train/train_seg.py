@@ -2,7 +2,7 @@
 
     python -m train.train_seg --config train/configs/denseclip_rn50_ade20k.yaml --work-dir work_dirs/rn50
     torchrun --nproc_per_node 8 -m train.train_seg --config ... --work-dir ...       # 8 GPUs x 4 = batch 32
-    python -m train.train_seg --config ... --train.max_iters 100 --model.num_contexts 4   # dotted overrides
+    python -m train.train_seg --config ... --train.max_iters 100 --model.prompt.num_contexts 4   # dotted overrides
     python -m train.train_seg --config ... --work-dir work_dirs/rn50 --resume         # continue a killed run
 
 Any `--section.key value` not listed below overrides the YAML. On fewer GPUs the same total batch
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 import denseclip
+from denseclip.config import DenseCLIPConfig
 from denseclip.evaluation import evaluate
 
 from .engine import (
@@ -30,13 +31,11 @@ from .engine import (
     broadcast_error,
     build_train_loader,
     check_hub_ready,
-    dataclass_from_dict,
     distributed_session,
     finish_training,
     init_seed,
     keep_best,
     load_run_config,
-    model_config_from_dict,
     resolve_resume,
     run_training,
     save_run_config,
@@ -62,7 +61,7 @@ def main(argv=None) -> dict:
 
 def _prepare(cfg, args, env):
     """Everything that can fail, before any training: config, datasets (validated), Hub access."""
-    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], "data")
+    data_cfg = DataConfig.from_dict(cfg["data"], "data")
     tcfg = cfg["train"]
     accum = accumulation_steps(tcfg.total_batch, tcfg.batch_size, env.world_size)
     train_split, val_split = data_cfg.splits()
@@ -71,7 +70,7 @@ def _prepare(cfg, args, env):
     try:
         train_ds = build_dataset(data_cfg, train_split, tcfg.seed)
         val_ds = build_dataset(data_cfg, val_split, tcfg.seed) if val_split else None
-        model_cfg = resolve_class_names(model_config_from_dict(cfg["model"]), train_ds,
+        model_cfg = resolve_class_names(DenseCLIPConfig.from_dict(cfg["model"], "model"), train_ds,
                                         explicit="class_names" in cfg["model"])
         if env.is_main:
             mode = "none" if args.skip_validate else data_cfg.validate

@@ -12,15 +12,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .cli import eval_parser, metrics_path, report_metrics, train_parser, work_dir_of
-from .config import (
-    TrainConfig,
-    dataclass_from_dict,
-    dataclass_to_dict,
-    load_run_config,
-    model_config_from_dict,
-    parse_overrides,
-    save_run_config,
-)
+from .config import TrainConfig, load_run_config, parse_overrides, save_run_config
 from .distributed import (
     DistEnv,
     accumulation_steps,
@@ -41,8 +33,7 @@ from .sampling import InfiniteSampler, StreamDataset, build_train_loader, derive
 __all__ = [
     "find_latest", "load_training_state", "load_weights_into", "resolve_resume", "rng_state",
     "set_rng_state", "write_checkpoint", "eval_parser", "metrics_path", "report_metrics", "train_parser",
-    "work_dir_of", "TrainConfig", "dataclass_from_dict", "dataclass_to_dict", "load_run_config",
-    "model_config_from_dict", "parse_overrides", "save_run_config", "DistEnv", "accumulation_steps",
+    "work_dir_of", "TrainConfig", "load_run_config", "parse_overrides", "save_run_config", "DistEnv", "accumulation_steps",
     "all_reduce_mean", "barrier", "broadcast_buffers", "broadcast_error", "cleanup_distributed",
     "distributed_session", "init_distributed", "check_hub_ready", "headline", "model_card", "push_folder",
     "RunLogger", "peak_memory_mb", "write_json", "TrainRun", "finish_training", "keep_best", "run_training",

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .checkpoint import load_training_state, load_weights_into, rng_state, set_rng_state, write_checkpoint
-from .config import TrainConfig, dataclass_to_dict
+from .config import TrainConfig
 from .distributed import DistEnv, all_reduce_mean, barrier
 from .hub import headline, model_card, push_folder
 from .logger import RunLogger, peak_memory_mb, write_json
@@ -123,7 +123,7 @@ def _checkpoint(run: TrainRun) -> None:
         state = {"iteration": it, "optimizer": run.optimizer.state_dict(), "scaler": run.amp.state_dict(),
                  "rng": rng_state(), "best": run.best,
                  "sampler": {"next_iteration": it, "seed": cfg.seed, "total_batch": cfg.total_batch},
-                 "world_size": env.world_size, "accumulation": run.accumulation, "train": dataclass_to_dict(cfg)}
+                 "world_size": env.world_size, "accumulation": run.accumulation, "train": cfg.to_dict()}
         run.log.info(f"checkpoint {write_checkpoint(run.model, run.work_dir, it, state, cfg.keep_checkpoints)}")
     barrier(env)
 
@@ -218,7 +218,7 @@ def finish_training(run: TrainRun, evaluate: Callable[[int], dict] | None = None
         key = next(k for k in run.best if k != "iteration")  # the metric the best model is chosen by
         log.info(f"final model: {final}" + (f"; {headline(results, key)}" if key in results else ""))
         if push_to_hub:
-            card = model_card(run.model.cfg, results, dataclass_to_dict(cfg), push_to_hub)
+            card = model_card(run.model.cfg, results, cfg.to_dict(), push_to_hub)
             log.info(f"pushed to {push_folder(final, push_to_hub, card)}")
     barrier(env)
     log.close()
