@@ -3,8 +3,11 @@ checkpoint files, optimizer groups, Hub checks. Fast unit tests (no training loo
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,27 +16,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 import denseclip
 from denseclip.config import DenseCLIPConfig
-from train.engine import (
-    DistEnv,
-    InfiniteSampler,
-    StreamDataset,
-    TrainConfig,
-    accumulation_steps,
-    build_optimizer,
-    build_train_loader,
+from train.engine.checkpoint import (
     find_latest,
-    headline,
-    load_run_config,
     load_training_state,
-    lr_at,
-    model_card,
-    parse_overrides,
     resolve_resume,
     rng_state,
     set_rng_state,
     write_checkpoint,
 )
-from train.engine.hub import HubUnavailableError, check_hub_ready
+from train.engine.config import TrainConfig, load_run_config, parse_overrides
+from train.engine.distributed import DistEnv, accumulation_steps
+from train.engine.hub import HubUnavailableError, check_hub_ready, recipe
+from train.engine.loop import finish_training, headline, start_training
+from train.engine.optim import build_optimizer, lr_at
+from train.engine.sampling import InfiniteSampler, StreamDataset, build_train_loader
 from train.seg_data import DataConfig, resolve_class_names
 
 CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p.stem.startswith("det_"))  # segmentation
@@ -252,29 +248,67 @@ def test_class_names_come_from_the_dataset():
 
 
 def test_push_to_hub_fails_fast_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubUnavailableError, match="unreachable"):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda *a, **k: pytest.fail("no request offline"))
+    t0 = time.perf_counter()
+    with pytest.raises(HubUnavailableError, match="unreachable.*HF_HUB_OFFLINE"):
         check_hub_ready("user/my-model")
+    assert time.perf_counter() - t0 < 5
     with pytest.raises(ValueError, match="repo id"):
         check_hub_ready("not-a-repo")
-    card = model_card(denseclip.get_preset("denseclip-tiny-rn"), {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6},
-                      {"max_iters": 10, "lr": 1e-3}, "user/tiny")
-    assert 'load_checkpoint("user/tiny")' in card and "| 90.00 | 50.00 | 60.00 |" in card
 
 
-def test_model_card_follows_the_task():
-    from denseclip.detection.config import get_detection_preset
+def test_push_to_hub_needs_a_token(monkeypatch):
+    import huggingface_hub
 
-    seg = model_card(denseclip.get_preset("denseclip-tiny-rn"), {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}, None, "u/s")
-    assert "- semantic-segmentation" in seg and "mIoU" in seg and "box AP" not in seg
-    det_cfg = get_detection_preset("denseclip-maskrcnn-tiny")
-    metrics = {"bbox_AP": 0.123, "bbox_AP50": 0.25, "bbox_AP75": 0.1, "segm_AP": 0.1, "segm_AP50": 0.2, "segm_AP75": 0.05}
-    det = model_card(det_cfg, metrics, {"max_iters": 16, "schedule": "step", "lr_steps": [8], "lr_gamma": 0.1}, "u/d")
-    assert "- object-detection" in det and 'load_detector("u/d")' in det and "mIoU" not in det
-    assert "| box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 |" in det
-    assert "| 12.3 | 25.0 | 10.0 | 10.0 | 20.0 | 5.0 |" in det and "lr_steps=[8]" in det
-    assert "Classes: red box, green ellipse, blue box" in det
-    retina = model_card(get_detection_preset("denseclip-retinanet-tiny"), {"bbox_AP": 0.5}, None, "u/r")
-    assert "| box AP | box AP50 | box AP75 |" in retina and "mask AP" not in retina
-    assert "## Validation" not in model_card(det_cfg, None, None, "u/d")
-    assert headline({"mIoU": 0.4567}, "mIoU") == "mIoU 45.67" and headline({"bbox_AP": 0.4567}, "bbox_AP") == "box AP 45.7"
+    def whoami(self, *args, **kwargs):
+        raise OSError("401 Unauthorized")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", whoami)
+    with pytest.raises(HubUnavailableError, match="401 Unauthorized.*huggingface-cli login"):
+        check_hub_ready("user/my-model")
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, *a, **k: {"name": "user"})
+    check_hub_ready("user/my-model")
+
+
+def test_final_upload_is_the_models_own_with_its_card(tmp_path, monkeypatch):
+    """--push-to-hub at the end of a run: model.push_to_hub (weights, config.json, a card with the validation
+    numbers and the recipe); nothing but the upload itself is stubbed."""
+    import huggingface_hub
+
+    uploaded = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update(repo_id=repo_id, files={f.name: f.read_bytes() for f in Path(folder_path).iterdir()})
+        return f"https://huggingface.co/{repo_id}/commit/1"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **k: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    cfg = TrainConfig(max_iters=2, total_batch=2, batch_size=2, schedule="step", lr_steps=(1,), workers=0)
+    run = start_training(denseclip.build_model("denseclip-tiny-rn", pretrained=False), cfg, DistEnv(), tmp_path,
+                         None, "mIoU", progress=False)
+    run.results = {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}
+    finish_training(run, push_to_hub="user/tiny")
+    assert uploaded["repo_id"] == "user/tiny" and {"model.safetensors", "config.json", "README.md"} <= set(
+        uploaded["files"])
+    assert json.loads(uploaded["files"]["config.json"]) == run.model.cfg.to_dict()
+    card = uploaded["files"]["README.md"].decode()
+    assert "semantic-segmentation" in card and 'load_checkpoint("user/tiny")' in card
+    assert "| 90.00 | 50.00 | 60.00 |" in card and "max_iters=2" in card and "lr_steps=[1]" in card
+    assert "pushed to https://huggingface.co/user/tiny/commit/1" in (tmp_path / "log.txt").read_text()
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "model.safetensors").write_bytes(uploaded["files"]["model.safetensors"])
+    assert denseclip.load_checkpoint(tmp_path / "hub").cfg == run.model.cfg
+
+
+def test_recipe_and_headline():
+    assert recipe(TrainConfig(max_iters=10, lr=1e-3)) == {"max_iters": 10, "total_batch": 32, "lr": 1e-3,
+                                                          "weight_decay": 1e-4, "backbone_lr_mult": 0.1,
+                                                          "warmup_iters": 1500, "amp": "none"}
+    step = recipe(TrainConfig(schedule="step", lr_steps=(8,), lr_gamma=0.5))
+    assert step["lr_steps"] == [8] and step["lr_gamma"] == 0.5
+    assert headline({"mIoU": 0.4567}, "mIoU") == "mIoU 45.67"
+    assert headline({"bbox_AP": 0.4567}, "bbox_AP") == "box AP 45.7"

@@ -11,18 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import denseclip
-from train.engine import (
-    DistEnv,
-    TrainConfig,
-    finish_training,
-    init_seed,
-    keep_best,
-    lr_at,
-    resolve_resume,
-    run_training,
-    start_training,
-)
+from train.engine.checkpoint import resolve_resume
+from train.engine.config import TrainConfig
+from train.engine.distributed import DistEnv
+from train.engine.loop import finish_training, keep_best, run_training, start_training
+from train.engine.optim import lr_at
+from train.engine.sampling import init_seed
 
 TOTAL = 4  # images per iteration
 
@@ -74,8 +68,7 @@ def _run(work: Path, cfg: TrainConfig, dropout: float = 0.0, resume: str | None 
          evaluate=None, step_log: list | None = None, iters_per_epoch=None):
     torch.manual_seed(init_seed(cfg.seed))
     resume_from = resolve_resume(resume, work)
-    run = start_training(Toy(dropout), cfg, DistEnv(), work, TOTAL // cfg.batch_size, resume_from,
-                         best={"score": -1.0, "iteration": -1}, save_model=denseclip.save_checkpoint, progress=False)
+    run = start_training(Toy(dropout), cfg, DistEnv(), work, resume_from, metric="score", progress=False)
 
     def step(batch):
         x, y = batch
@@ -150,7 +143,7 @@ def test_evaluation_hook_and_best_model(tmp_path):
     def evaluate(run, it):
         calls.append(it)
         metrics = {"score": {4: 0.5, 8: 0.3, 10: 0.7}[it]}
-        keep_best(run, "score", metrics["score"], metrics)
+        keep_best(run, metrics)
         return metrics
 
     work = tmp_path / "run"

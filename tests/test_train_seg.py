@@ -144,7 +144,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert "world 1 x batch 2 x accumulation 2" in (single / "log.txt").read_text()
     a, b = _weights(multi), _weights(single)
     _assert_same_weights(a, b, atol=1e-5, params_only=True)
-    assert not torch.equal(a["backbone.bn1.running_mean"], b["backbone.bn1.running_mean"])
+    assert not torch.equal(a["encoder.visual.bn1.running_mean"], b["encoder.visual.bn1.running_mean"])
 
     # evaluation split over 2 ranks (areas all-reduced) == evaluation in one process
     out2, out1 = tmp_path / "m2.json", tmp_path / "m1.json"

@@ -10,12 +10,15 @@ NCCL on GPUs, gloo on CPU. Without torchrun everything degrades to a single proc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -117,6 +120,26 @@ def broadcast_error(error: BaseException | None, env: DistEnv) -> None:
     if failed:
         rank, msg = failed[0]
         raise RuntimeError(f"rank {rank} failed before training: {msg}")
+
+
+def on_every_rank(env: DistEnv, fn: Callable[..., T], *args) -> T:
+    """fn(*args) on every rank; if it raises on any rank, every rank raises (broadcast_error)."""
+    result, error = None, None
+    try:
+        result = fn(*args)
+    except Exception as e:  # noqa: BLE001 (re-raised on every rank)
+        error = e
+    broadcast_error(error, env)
+    return result
+
+
+def broadcast_from_main(obj: T, env: DistEnv) -> T:
+    """Rank 0's `obj` (a picklable value) on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_buffers(model: torch.nn.Module, env: DistEnv) -> None:
