@@ -49,8 +49,9 @@ def test_train_then_eval_retinanet(tmp_path):
     card = str(model.generate_model_card(metrics=metrics, repo_id="u/d", training=recipe(TrainConfig.from_dict(saved))))
     assert "object-detection" in card and 'load_detector("u/d")' in card and "| box AP | box AP50 | box AP75 |" in card
     assert f"| {100 * metrics['bbox_AP']:.1f} |" in card and "lr_steps=[8]" in card and "mIoU" not in card
-    res = eval_det.main(["--checkpoint", str(tmp_path / "run/final"), "--config", RETINANET, "--data.root",
-                         str(tmp_path / "data"), "--workers", "0", "--out", str(tmp_path / "eval.json")])
+    # the run's config.yaml names the data (every field written out) and works as the eval config
+    res = eval_det.main(["--checkpoint", str(tmp_path / "run/final"), "--config", str(tmp_path / "run/config.yaml"),
+                         "--workers", "0", "--out", str(tmp_path / "eval.json")])
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["bbox_AP"] == pytest.approx(metrics["bbox_AP"]) == pytest.approx(res["bbox_AP"])
 

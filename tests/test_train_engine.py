@@ -4,7 +4,10 @@ checkpoint files, optimizer groups, Hub checks. Fast unit tests (no training loo
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +28,7 @@ from train.engine.checkpoint import (
     write_checkpoint,
 )
 from train.engine.config import TrainConfig, load_run_config, parse_overrides
-from train.engine.distributed import DistEnv, accumulation_steps
+from train.engine.distributed import DistEnv, accumulation_steps, broadcast_from_main, on_every_rank
 from train.engine.hub import HubUnavailableError, check_hub_ready, recipe
 from train.engine.loop import finish_training, headline, start_training
 from train.engine.optim import build_optimizer, lr_at
@@ -312,3 +315,47 @@ def test_recipe_and_headline():
     assert step["lr_steps"] == [8] and step["lr_gamma"] == 0.5
     assert headline({"mIoU": 0.4567}, "mIoU") == "mIoU 45.67"
     assert headline({"bbox_AP": 0.4567}, "bbox_AP") == "box AP 45.7"
+
+
+def _two_ranks(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    env = DistEnv(rank=rank, world_size=2, backend="gloo")
+    got = {"main": broadcast_from_main({"from": rank}, env), "ok": on_every_rank(env, lambda x: x + rank, 10)}
+
+    def fails_on_rank_1():
+        if rank == 1:
+            raise FileNotFoundError("no data folder on this node")
+
+    try:
+        on_every_rank(env, fails_on_rank_1)
+    except Exception as e:  # noqa: BLE001 (recorded for the test)
+        got["error"] = f"{type(e).__name__}: {e}"
+    dist.destroy_process_group()
+    Path(out, f"{rank}.json").write_text(json.dumps(got))
+
+
+def test_collectives_on_two_processes(tmp_path):
+    """An error on one rank fails every rank (none is left waiting); rank 0's value reaches every rank."""
+    torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0["main"] == r1["main"] == {"from": 0} and (r0["ok"], r1["ok"]) == (10, 11)
+    assert r0["error"] == "RuntimeError: rank 1 failed before training: FileNotFoundError: no data folder on this node"
+    assert r1["error"] == "FileNotFoundError: no data folder on this node"
+
+
+@pytest.mark.parametrize("script", ["train_seg", "eval_seg", "train_det", "eval_det"])
+def test_scripts_run_as_modules_only(script):
+    r = subprocess.run([sys.executable, str(ROOT / "train" / f"{script}.py"), "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"run it as a module from the repository root: python -m train.{script} --help"
+
+
+def test_script_runs_as_a_module():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "train.train_det", "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "python -m train.train_det" in r.stdout and "--push-to-hub REPO" in r.stdout

@@ -85,7 +85,7 @@ def test_end_to_end_learns_and_writes_metrics(tmp_path):
     assert ev["mIoU"] == pytest.approx(res["mIoU"], abs=1e-9)
     written = json.loads(out.read_text())
     assert written["num_images"] == 16 and len(written["IoU"]) == 5 and written["test"]["mode"] == "whole"
-    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out),
+    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", str(work / "config.yaml"), "--out", str(out),
                           "--workers", "0", "--mode", "slide", "--crop", "48", "--stride", "32", "--flip"])
     assert flip["test"]["flip"] and flip["test"]["mode"] == "slide" and 0 <= flip["mIoU"] <= 1
 
@@ -129,10 +129,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     the same dropout masks (the model RNG is seeded per slot), and BatchNorm normalises each 2-image
     micro-batch with its own statistics in both cases. So every *parameter* agrees. The BN running
     statistics do not: DDP keeps rank 0's (and broadcasts them), one process folds in both micro-batches.
-    They only matter at eval time and are not compared. (SyncBatchNorm, which would make a batch of 4
-    per step, has no CPU implementation.)
+    They only matter at eval time, where every rank uses rank 0's (those saved): the validation during
+    the 2-process run gives exactly what eval_seg gives in one process on the saved model. (SyncBatchNorm,
+    which would make a batch of 4 per step, has no CPU implementation.)
     """
-    args = [*SHORT, "--train.max_iters", "6", "--train.checkpoint_interval", "6"]
+    args = [*SHORT, "--train.max_iters", "6", "--train.checkpoint_interval", "6", "--data.val_split", "val"]
     multi = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "train.train_seg", *args, "--work-dir", str(multi)]
@@ -156,6 +157,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0", "--out", str(out1)])
     m2, m1 = json.loads(out2.read_text()), json.loads(out1.read_text())
     assert m2["num_pixels"] == m1["num_pixels"] == 16 * 64 * 96 and m2["IoU"] == m1["IoU"]
+    during = json.loads((multi / "metrics.json").read_text())  # validated by 2 ranks at the end of training
+    assert during["num_pixels"] == m1["num_pixels"] and during["IoU"] == m1["IoU"]
 
 
 def test_folder_dataset_training_and_errors_before_training(tmp_path):
