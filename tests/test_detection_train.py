@@ -11,7 +11,6 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
 import denseclip.config
 from denseclip.detection import load_detector
 from train import eval_det, train_det
@@ -19,6 +18,8 @@ from train.engine.config import TrainConfig, load_run_config
 from train.engine.distributed import DistEnv
 from train.engine.hub import recipe
 from train.train_det import DetTask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RETINANET = str(ROOT / "train/configs/det_tiny_synthetic.yaml")
 MASKRCNN = str(ROOT / "train/configs/det_tiny_synthetic_maskrcnn.yaml")
@@ -28,9 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(config: str, work: Path, data: Path, *extra: str) -> dict:
-    return train_det.main(["--config", config, "--work-dir", str(work), "--data.root", str(data), "--no-progress",
-                           "--schedule.epochs", "2", "--schedule.steps", "[1]", "--train.checkpoint_interval", "8",
-                           *extra])
+    return train_det.main(["--config", config, "--work-dir", str(work), "--data.root", str(data),
+                           "--no-progress", "--schedule.epochs", "2", "--schedule.steps", "[1]",
+                           "--train.checkpoint_interval", "8", *extra])
 
 
 def test_train_then_eval_retinanet(tmp_path):
@@ -42,16 +43,20 @@ def test_train_then_eval_retinanet(tmp_path):
     train_logs = [r for r in logged if r["prefix"] == "train"]
     assert {"loss", "loss_aux", "classification", "bbox_regression", "lr", "grad_norm"} <= set(train_logs[0])
     assert train_logs[-1]["lr"] == pytest.approx(1e-4)  # x0.1 after epoch 1
-    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["train"]  # epochs -> the engine's iterations
-    assert (saved["schedule"], saved["lr_steps"], saved["lr_gamma"], saved["max_iters"]) == ("step", [8], 0.1, 16)
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["train"]  # epochs -> iterations
+    assert (saved["schedule"], saved["lr_steps"], saved["lr_gamma"], saved["max_iters"]) == (
+        "step", [8], 0.1, 16)
     model = load_detector(tmp_path / "run/final")
     assert model.cfg.name == "denseclip-retinanet-tiny" and not model.training
-    card = str(model.generate_model_card(metrics=metrics, repo_id="u/d", training=recipe(TrainConfig.from_dict(saved))))
-    assert "object-detection" in card and 'load_detector("u/d")' in card and "| box AP | box AP50 | box AP75 |" in card
+    training = recipe(TrainConfig.from_dict(saved))
+    card = str(model.generate_model_card(metrics=metrics, repo_id="u/d", training=training))
+    assert "object-detection" in card and 'load_detector("u/d")' in card
+    assert "| box AP | box AP50 | box AP75 |" in card
     assert f"| {100 * metrics['bbox_AP']:.1f} |" in card and "lr_steps=[8]" in card and "mIoU" not in card
     # the run's config.yaml names the data (every field written out) and works as the eval config
-    res = eval_det.main(["--checkpoint", str(tmp_path / "run/final"), "--config", str(tmp_path / "run/config.yaml"),
-                         "--workers", "0", "--out", str(tmp_path / "eval.json")])
+    res = eval_det.main(["--checkpoint", str(tmp_path / "run/final"), "--config",
+                         str(tmp_path / "run/config.yaml"), "--workers", "0",
+                         "--out", str(tmp_path / "eval.json")])
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["bbox_AP"] == pytest.approx(metrics["bbox_AP"]) == pytest.approx(res["bbox_AP"])
 
@@ -94,9 +99,9 @@ def test_shipped_configs_load(path, tmp_path):
     if path.stem.endswith("_coco"):  # the authors' 1x recipe
         assert model.name == path.stem.removeprefix("det_").replace("_", "-")
         assert (sched.epochs, sched.steps, sched.gamma) == (12, (8, 11), 0.1)
+        lr = 2e-4 if model.with_masks else 1e-4  # the authors' Mask R-CNN configs use 2e-4
         assert (train.total_batch, train.lr, train.weight_decay, train.backbone_lr_mult, train.grad_clip,
-                train.warmup_iters, train.schedule) == (16, 2e-4 if model.with_masks else 1e-4, 1e-4, 0.1, 0.1,
-                                                        500, "constant")
+                train.warmup_iters, train.schedule) == (16, lr, 1e-4, 0.1, 0.1, 500, "constant")
 
 
 def test_model_section_takes_a_preset_and_nested_changes(tmp_path):

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 import denseclip
 from denseclip.config import DenseCLIPConfig
 from train.engine.checkpoint import (
@@ -35,16 +34,18 @@ from train.engine.optim import build_optimizer, lr_at
 from train.engine.sampling import InfiniteSampler, StreamDataset, build_train_loader
 from train.seg_data import DataConfig, resolve_class_names
 
-CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p.stem.startswith("det_"))  # segmentation
+ROOT = Path(__file__).resolve().parents[1]
+
+SEG_CONFIGS = sorted(p for p in (ROOT / "train" / "configs").glob("*.yaml") if not p.stem.startswith("det_"))
 
 
 def test_parse_overrides_types():
     ov = parse_overrides(["--train.max_iters", "100", "--train.lr", "1e-4", "--model.prompt.num_contexts=4",
                           "--train.amp", "bf16", "--train.grad_clip", "null", "--data.scale", "[512, 128]",
                           "--train.sync_bn", "false", "--model.test.mode", "whole"])
-    assert ov == {"train.max_iters": 100, "train.lr": 1e-4, "model.prompt.num_contexts": 4, "train.amp": "bf16",
-                  "train.grad_clip": None, "data.scale": [512, 128], "train.sync_bn": False,
-                  "model.test.mode": "whole"}
+    assert ov == {"train.max_iters": 100, "train.lr": 1e-4, "model.prompt.num_contexts": 4,
+                  "train.amp": "bf16", "train.grad_clip": None, "data.scale": [512, 128],
+                  "train.sync_bn": False, "model.test.mode": "whole"}
     with pytest.raises(ValueError, match="no value"):
         parse_overrides(["--train.lr"])
     with pytest.raises(ValueError, match="--section.key"):
@@ -54,12 +55,13 @@ def test_parse_overrides_types():
 def test_load_run_config_with_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  preset: denseclip-tiny-rn\ndata:\n  type: synthetic\ntrain:\n  max_iters: 10\n")
-    cfg = load_run_config(p, ["--train.max_iters", "3", "--model.test.mode", "slide", "--train.betas", "[0.8, 0.9]",
-                              "--model.prompt.num_contexts", "2"])
-    assert isinstance(cfg["train"], TrainConfig) and cfg["train"].max_iters == 3 and cfg["train"].betas == (0.8, 0.9)
+    cfg = load_run_config(p, ["--train.max_iters", "3", "--model.test.mode", "slide", "--train.betas",
+                              "[0.8, 0.9]", "--model.prompt.num_contexts", "2"])
+    train = cfg["train"]
+    assert isinstance(train, TrainConfig) and train.max_iters == 3 and train.betas == (0.8, 0.9)
     m = DenseCLIPConfig.from_dict(cfg["model"])
-    assert m.name == "denseclip-tiny-rn" and m.test.mode == "slide" and m.test.crop == 64  # test merged, not replaced
-    assert m.prompt.num_contexts == 2 and m.prompt.decoder_width == 32  # the preset's prompt, one field changed
+    assert m.name == "denseclip-tiny-rn" and m.test.mode == "slide" and m.test.crop == 64  # merged
+    assert m.prompt.num_contexts == 2 and m.prompt.decoder_width == 32  # the preset's prompt, one change
     with pytest.raises(KeyError, match=r"unknown train field\(s\) \['max_iter'\].*max_iters"):
         load_run_config(p, ["--train.max_iter", "3"])
     with pytest.raises(KeyError, match="first part must be a section"):
@@ -70,7 +72,7 @@ def test_load_run_config_with_overrides(tmp_path):
         load_run_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", SEG_CONFIGS, ids=[p.stem for p in SEG_CONFIGS])
 def test_shipped_configs_load(path):
     cfg = load_run_config(path, ["--data.root", "/data"] if "synthetic" not in path.stem else [])
     model = DenseCLIPConfig.from_dict(cfg["model"])
@@ -85,7 +87,8 @@ def test_shipped_configs_load(path):
 
 
 def test_poly_schedule_with_linear_warmup_is_mmcv():
-    cfg = TrainConfig(max_iters=1000, lr=1e-4, min_lr=1e-6, warmup_iters=100, warmup_ratio=1e-6, poly_power=0.9)
+    cfg = TrainConfig(max_iters=1000, lr=1e-4, min_lr=1e-6, warmup_iters=100, warmup_ratio=1e-6,
+                      poly_power=0.9)
 
     def mmcv(it, base):  # PolyLrUpdaterHook.get_lr + LrUpdaterHook.get_warmup_lr('linear'), iteration 0-based
         regular = (base - 1e-6) * (1 - it / 1000) ** 0.9 + 1e-6
@@ -120,7 +123,8 @@ def test_step_schedule_with_linear_warmup_is_mmcv():
     const = TrainConfig(schedule="constant", max_iters=1200, warmup_iters=50, warmup_ratio=1e-3)
     for it in range(1200):
         assert lr_at(it, 1e-4, cfg) == lr_at(it, 1e-4, const) * 0.1 ** sum(it >= s for s in (800, 1100))
-    assert lr_at(5, 1e-4, TrainConfig(schedule="step", lr_steps=(), warmup_iters=0)) == 1e-4  # no steps: constant
+    no_steps = TrainConfig(schedule="step", lr_steps=(), warmup_iters=0)
+    assert lr_at(5, 1e-4, no_steps) == 1e-4  # no steps: constant
     with pytest.raises(ValueError, match="'poly', 'step' or 'constant'"):
         TrainConfig(schedule="cosine")
 
@@ -142,7 +146,7 @@ def test_sampler_splits_each_iteration_the_same_way_for_any_world_size():
     for it in range(3):  # each iteration covers the same 8 stream positions
         got = sorted(p for r in per_rank for p in r[it * 4:(it + 1) * 4])
         assert got == list(range(it * 8, it * 8 + 8))
-    # micro-step m of rank r holds the slot m * world + r: identical to micro-step (m * world + r) of one process
+    # micro-step m of rank r holds the slot m * world + r: micro-step (m * world + r) of one process
     assert list(ranks[1].positions(1, 1)) == list(single.positions(1, 3)) == [14, 15]
     resumed = InfiniteSampler(8, 2, world_size=1, rank=0, start_iter=2, max_iters=3)
     assert list(resumed) == s[16:] and len(resumed) == 8
@@ -199,8 +203,8 @@ def test_checkpoints_atomic_latest_and_pruning(tmp_path):
     model = denseclip.build_model("fpn-clip-tiny-rn", pretrained=False)
     opt = build_optimizer(model, TrainConfig())
     for it in (2, 4, 6):
-        write_checkpoint(model, tmp_path, it, {"iteration": it, "optimizer": opt.state_dict(), "rng": rng_state()},
-                         keep=2)
+        state = {"iteration": it, "optimizer": opt.state_dict(), "rng": rng_state()}
+        write_checkpoint(model, tmp_path, it, state, keep=2)
     ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000004", "iter_0000006", "latest.txt"]
     (ckpts / "iter_0000008.tmp").mkdir()  # a save interrupted by a kill
@@ -225,14 +229,16 @@ def test_optimizer_groups_follow_the_recipe():
     named = dict(model.named_parameters())
     text = [n for n in named if n.startswith("prompting.text_encoder.")]
     assert text and all(id(named[n]) not in by_param for n in text)  # frozen
-    assert by_param[id(named["prompting.contexts"])]["lr"] == 1e-4 and by_param[id(named["prompting.gamma"])]["lr"] == 1e-4
+    assert by_param[id(named["prompting.contexts"])]["lr"] == 1e-4
+    assert by_param[id(named["prompting.gamma"])]["lr"] == 1e-4
     bb = [n for n in named if n.startswith("encoder.")]
     assert bb and all(by_param[id(named[n])]["initial_lr"] == pytest.approx(1e-5) for n in bb)
     norms = [n for n in named if "norm" in n and not n.startswith(("encoder.", "prompting.text_encoder."))]
     assert norms and all(by_param[id(named[n])]["weight_decay"] == 0.0 for n in norms)
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in named.values())
-    # one switch: the model config's freeze_text_encoder; unfrozen, the text encoder trains at the backbone's lr
-    thawed = denseclip.build_model("denseclip-tiny-rn", pretrained=False, prompt={"freeze_text_encoder": False})
+    # one switch, the model's freeze_text_encoder; unfrozen, the text encoder trains at the backbone's lr
+    thawed = denseclip.build_model("denseclip-tiny-rn", pretrained=False,
+                                   prompt={"freeze_text_encoder": False})
     opt = build_optimizer(thawed, TrainConfig(lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1))
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
     text = [p for n, p in thawed.named_parameters() if n.startswith("prompting.text_encoder.")]
@@ -288,11 +294,12 @@ def test_final_upload_is_the_models_own_with_its_card(tmp_path, monkeypatch):
         uploaded.update(repo_id=repo_id, files={f.name: f.read_bytes() for f in Path(folder_path).iterdir()})
         return f"https://huggingface.co/{repo_id}/commit/1"
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **k: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **k: SimpleNamespace(repo_id=repo_id))
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     cfg = TrainConfig(max_iters=2, total_batch=2, batch_size=2, schedule="step", lr_steps=(1,), workers=0)
-    run = start_training(denseclip.build_model("denseclip-tiny-rn", pretrained=False), cfg, DistEnv(), tmp_path,
-                         None, "mIoU", progress=False)
+    model = denseclip.build_model("denseclip-tiny-rn", pretrained=False)
+    run = start_training(model, cfg, DistEnv(), tmp_path, None, "mIoU", progress=False)
     run.results = {"aAcc": 0.9, "mIoU": 0.5, "mAcc": 0.6}
     finish_training(run, push_to_hub="user/tiny")
     assert uploaded["repo_id"] == "user/tiny" and {"model.safetensors", "config.json", "README.md"} <= set(
@@ -341,7 +348,8 @@ def test_collectives_on_two_processes(tmp_path):
     torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert r0["main"] == r1["main"] == {"from": 0} and (r0["ok"], r1["ok"]) == (10, 11)
-    assert r0["error"] == "RuntimeError: rank 1 failed before training: FileNotFoundError: no data folder on this node"
+    assert r0["error"] == ("RuntimeError: rank 1 failed before training: "
+                           "FileNotFoundError: no data folder on this node")
     assert r1["error"] == "FileNotFoundError: no data folder on this node"
 
 

@@ -46,7 +46,7 @@ class Toy(torch.nn.Module):
 
 
 def _data(start_iter: int, batch_size: int):
-    """Micro-batches of iteration `it` take samples [it * TOTAL, (it + 1) * TOTAL), as the engine's sampler."""
+    """Micro-batches of iteration `it` take samples [it * TOTAL, (it + 1) * TOTAL), as the engine's do."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
@@ -59,8 +59,9 @@ def _data(start_iter: int, batch_size: int):
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(max_iters=10, total_batch=TOTAL, batch_size=TOTAL, lr=0.05, weight_decay=0.0, schedule="constant",
-                warmup_iters=0, checkpoint_interval=100, log_interval=5, eval_interval=0, workers=0)
+    base = dict(max_iters=10, total_batch=TOTAL, batch_size=TOTAL, lr=0.05, weight_decay=0.0,
+                schedule="constant", warmup_iters=0, checkpoint_interval=100, log_interval=5, eval_interval=0,
+                workers=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -97,10 +98,11 @@ def test_each_step_sees_the_scheduled_lr_and_its_own_seed(tmp_path):
     cfg = _cfg(batch_size=2, schedule="step", lr_steps=(3, 6), lr_gamma=0.5, warmup_iters=2, warmup_ratio=0.1)
     seen: list = []
     _run(tmp_path / "a", cfg, step_log=seen)
-    assert [it for it, _, _ in seen] == [i for i in range(10) for _ in range(2)]  # 2 micro-steps per iteration
+    assert [it for it, _, _ in seen] == [i for i in range(10) for _ in range(2)]  # 2 micro-steps each
     for it, lr, _ in seen:
         assert lr == lr_at(it, 0.05, cfg)
-    assert [lr for _, lr, _ in seen[::2]][:7] == pytest.approx([0.005, 0.0275, 0.05, 0.025, 0.025, 0.025, 0.0125])
+    expected = [0.005, 0.0275, 0.05, 0.025, 0.025, 0.025, 0.0125]
+    assert [lr for _, lr, _ in seen[::2]][:7] == pytest.approx(expected)
     draws = [r for _, _, r in seen]
     assert len(set(draws)) == len(draws)  # every micro-step reseeded differently...
     again: list = []

@@ -18,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
 from denseclip.data.base import DatasetError
 from denseclip.data.synthetic import SyntheticSegDataset, write_folder_dataset
 from denseclip.metrics import SegMetric
 from train import eval_seg, train_seg
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = str(ROOT / "train" / "configs" / "tiny_synthetic.yaml")
 # 12 iterations at a total batch of 4 = 2 images x 2 accumulation steps; 20 images, so epochs turn over
@@ -57,8 +58,8 @@ def reference_run(tmp_path_factory):
 
 def test_end_to_end_learns_and_writes_metrics(tmp_path):
     work = tmp_path / "e2e"
-    res = train_seg.main(["--config", TINY, "--work-dir", str(work), "--no-progress", "--train.max_iters", "60",
-                          "--train.log_interval", "10", "--train.checkpoint_interval", "30"])
+    res = train_seg.main(["--config", TINY, "--work-dir", str(work), "--no-progress", "--train.max_iters",
+                          "60", "--train.log_interval", "10", "--train.checkpoint_interval", "30"])
     logged = [json.loads(line) for line in (work / "scalars.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if r["prefix"] == "train"]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
@@ -76,17 +77,20 @@ def test_end_to_end_learns_and_writes_metrics(tmp_path):
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["iteration"] == 60 and metrics["mIoU"] == pytest.approx(res["mIoU"])
     assert set(metrics["per_class"]) == {"sky", "tree", "road", "person", "car"}
-    assert (work / "final" / "model.safetensors").is_file() and (work / "best" / "model.safetensors").is_file()
+    assert all((work / sub / "model.safetensors").is_file() for sub in ("final", "best"))
     assert (work / "config.yaml").is_file() and list((work / "tb").glob("events.out.tfevents.*"))
 
     # eval_seg.py on the final model reproduces the number and writes metrics.json
     out = tmp_path / "eval" / "metrics.json"
-    ev = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out), "--workers", "0"])
+    ev = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out),
+                        "--workers", "0"])
     assert ev["mIoU"] == pytest.approx(res["mIoU"], abs=1e-9)
     written = json.loads(out.read_text())
     assert written["num_images"] == 16 and len(written["IoU"]) == 5 and written["test"]["mode"] == "whole"
-    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", str(work / "config.yaml"), "--out", str(out),
-                          "--workers", "0", "--mode", "slide", "--crop", "48", "--stride", "32", "--flip"])
+    # the run's config.yaml (every field written out) works as the eval config
+    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", str(work / "config.yaml"),
+                          "--out", str(out), "--workers", "0", "--mode", "slide", "--crop", "48",
+                          "--stride", "32", "--flip"])
     assert flip["test"]["flip"] and flip["test"]["mode"] == "slide" and 0 <= flip["mIoU"] <= 1
 
 
@@ -112,7 +116,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, reference_run):
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stderr.close()
@@ -154,7 +158,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
            "--workers", "0", "--out", str(out2)]
     r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0", "--out", str(out1)])
+    eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0",
+                   "--out", str(out1)])
     m2, m1 = json.loads(out2.read_text()), json.loads(out1.read_text())
     assert m2["num_pixels"] == m1["num_pixels"] == 16 * 64 * 96 and m2["IoU"] == m1["IoU"]
     during = json.loads((multi / "metrics.json").read_text())  # validated by 2 ranks at the end of training
@@ -162,7 +167,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 
 
 def test_folder_dataset_training_and_errors_before_training(tmp_path):
-    root = write_folder_dataset(tmp_path / "data", num_train=6, num_val=2, class_names=("water", "grass", "cat"))
+    root = write_folder_dataset(tmp_path / "data", num_train=6, num_val=2,
+                                class_names=("water", "grass", "cat"))
     args = [str(ROOT / "train" / "configs" / "custom_folder.yaml"), "--no-progress", "--data.root", str(root),
             "--model.preset", "denseclip-tiny-rn", "--data.crop_size", "64", "--data.scale", "[256, 64]",
             "--train.max_iters", "2", "--train.total_batch", "2", "--train.batch_size", "2",

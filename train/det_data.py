@@ -42,7 +42,7 @@ class DetDataConfig(Config):
             if self.val_images:
                 write_synthetic_coco(Path(self.root), self.val_images, self.synthetic_val, seed=seed)
 
-    def val_dataset(self, with_masks: bool, class_names: tuple[str, ...] | None = None) -> CocoDetection | None:
+    def val_dataset(self, with_masks: bool, class_names: tuple | None = None) -> CocoDetection | None:
         """The validation set (None without val_images / val_ann)."""
         if not (self.val_images and self.val_ann):
             return None
@@ -53,8 +53,8 @@ class DetDataConfig(Config):
     def train_dataset(self, with_masks: bool) -> CocoDetection:
         # flips come from the stream's per-sample RNG (resumable), not from the dataset
         root = Path(self.root)
-        return CocoDetection(root / self.train_images, root / self.train_ann, train=True, with_masks=with_masks,
-                             hflip_prob=0.0)
+        return CocoDetection(root / self.train_images, root / self.train_ann, train=True,
+                             with_masks=with_masks, hflip_prob=0.0)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class RawSamples(torch.utils.data.Dataset):
 
 
 class FlipTransform:
-    """(image, target, rng) -> a (tensor, target) sample, flipped with probability `prob` by the stream's RNG."""
+    """(image, target, rng) -> a (tensor, target) sample, flipped with probability `prob` by `rng`."""
 
     def __init__(self, prob: float):
         self.prob = prob

@@ -1,9 +1,10 @@
 """Evaluate a DenseCLIP detector with COCOeval: box AP (and mask AP for Mask R-CNN), written to metrics.json.
 From the repository root:
 
-    python -m train.eval_det --checkpoint work_dirs/ret50/final --config train/configs/det_denseclip_retinanet_rn50_coco.yaml
-    torchrun --nproc_per_node 8 -m train.eval_det --checkpoint ... --config ...       # images split over GPUs
-    python -m train.eval_det --checkpoint user/denseclip-retinanet-rn50-coco --config ... --data.root /data/coco
+    python -m train.eval_det --checkpoint work_dirs/ret50/final \
+        --config train/configs/det_denseclip_retinanet_rn50_coco.yaml
+    torchrun --nproc_per_node 8 -m train.eval_det --checkpoint ... --config ...      # images split over GPUs
+    python -m train.eval_det --checkpoint user/denseclip-retinanet-rn50-coco --config ... --data.root /coco
 
 The data comes from the config's `data:` section (val_images / val_ann; a run's config.yaml works, and
 `--data.key value` overrides as in train_det). The model and its test settings (image size, score
@@ -35,7 +36,8 @@ def parser():
 def evaluate(cfg: dict, args, env) -> tuple[dict, str]:
     data = DetDataConfig.from_dict(cfg["data"], "data")
     if not data.val_images or not data.val_ann:
-        raise ValueError("no validation data: set data.val_images and data.val_ann (or pass --data.val_ann PATH)")
+        raise ValueError("no validation data: set data.val_images and data.val_ann "
+                         "(or pass --data.val_ann PATH)")
     model = denseclip.load_detector(args.checkpoint, device=env.device)
     if env.is_main:
         data.write_synthetic(cfg["train"].seed)

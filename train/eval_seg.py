@@ -1,9 +1,10 @@
 """Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to metrics.json.
 From the repository root:
 
-    python -m train.eval_seg --checkpoint work_dirs/rn50/final --config train/configs/denseclip_rn50_ade20k.yaml
-    python -m train.eval_seg --checkpoint denseclip_fpn_res50.pth --config ... --aug        # multi-scale + flip
-    torchrun --nproc_per_node 8 -m train.eval_seg --checkpoint ... --config ...          # images split over GPUs
+    python -m train.eval_seg --checkpoint work_dirs/rn50/final \
+        --config train/configs/denseclip_rn50_ade20k.yaml
+    python -m train.eval_seg --checkpoint denseclip_fpn_res50.pth --config ... --aug     # multi-scale + flip
+    torchrun --nproc_per_node 8 -m train.eval_seg --checkpoint ... --config ...       # images split over GPUs
 
 The test pipeline comes from the checkpoint's config (`model.test`: slide 512/341 for the ADE20K
 presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors' multi-scale + flip
@@ -50,7 +51,8 @@ def parser():
     p.add_argument("--stride", type=int)
     p.add_argument("--short-side", type=int)
     p.add_argument("--max-long-side", type=int)
-    p.add_argument("--scales", type=float, nargs="+", help="multi-scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    p.add_argument("--scales", type=float, nargs="+",
+                   help="multi-scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
     p.add_argument("--aug", action="store_true", help="the authors' multi-scale (0.5..1.75) + flip test")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")

@@ -1,7 +1,8 @@
 """Train a DenseCLIP (or CLIP baseline) RetinaNet / Mask R-CNN on COCO-format data from a YAML config.
 From the repository root:
 
-    python -m train.train_det --config train/configs/det_denseclip_retinanet_rn50_coco.yaml --work-dir work_dirs/ret50
+    python -m train.train_det --config train/configs/det_denseclip_retinanet_rn50_coco.yaml \
+        --work-dir work_dirs/ret50
     torchrun --nproc_per_node 8 -m train.train_det --config ...         # 8 GPUs x 2 images = total batch 16
     python -m train.train_det --config ... --schedule.epochs 1 --train.batch_size 1   # dotted overrides
     python -m train.train_det --config ... --work-dir work_dirs/ret50 --resume        # continue a killed run
@@ -43,7 +44,8 @@ class DetTask(Task):
         super().__init__(cfg, env)
         train = self.cfg["train"]
         if train.schedule not in ("constant", "step"):  # "step": a run's own config.yaml
-            raise ValueError("detection schedules come from the schedule: section; set train.schedule: constant")
+            raise ValueError("detection schedules come from the schedule: section; "
+                             "set train.schedule: constant")
         if train.compile or train.channels_last:
             raise ValueError("train.compile and train.channels_last are not supported for detection; "
                              "set them false")

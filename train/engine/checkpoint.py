@@ -2,7 +2,7 @@
 
     work_dir/checkpoints/iter_0008000/model.safetensors   weights + model config (loadable on its own)
                                      /config.json
-                                     /state.pt            optimizer, scaler, iteration, RNG states, best metric
+                                     /state.pt            optimizer, scaler, iteration, RNG states, best
     work_dir/checkpoints/latest.txt                       name of the newest complete checkpoint
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a run killed
@@ -31,8 +31,8 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -95,8 +95,8 @@ def resolve_resume(resume: str | None, work_dir: Path) -> Path | None:
         latest = find_latest(path / "checkpoints") or find_latest(path)
         if latest is not None:
             return latest
-    raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a folder with {WEIGHTS_NAME} and "
-                            f"{STATE_NAME}, or a work dir holding checkpoints/iter_*)")
+    raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a folder with {WEIGHTS_NAME} "
+                            f"and {STATE_NAME}, or a work dir holding checkpoints/iter_*)")
 
 
 def load_training_state(folder: Path, map_location="cpu") -> dict:

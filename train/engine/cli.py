@@ -23,15 +23,17 @@ def _parser(doc: str | None) -> argparse.ArgumentParser:
 def train_parser(doc: str | None, sections: tuple[str, ...], validate_help: str) -> argparse.ArgumentParser:
     """--config, --work-dir, --resume, --push-to-hub, --skip-validate, --device, --no-progress, --stop-at."""
     p = _parser(doc)
-    p.add_argument("--config", required=True, help=f"YAML with {', '.join(s + ':' for s in sections)} sections")
+    p.add_argument("--config", required=True,
+                   help=f"YAML with {', '.join(s + ':' for s in sections)} sections")
     p.add_argument("--work-dir", help="checkpoints, logs, metrics (default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint in the work dir (no value), or from PATH")
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the final model + model card to this Hub repo")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="upload the final model + model card to this Hub repo")
     p.add_argument("--skip-validate", action="store_true", help=validate_help)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
-    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration (kill test)
+    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration
     return p
 
 

@@ -91,7 +91,8 @@ def accumulation_steps(total_batch: int, batch_size: int, world_size: int) -> in
     if total_batch % per_step:
         ok = sorted({b for b in range(1, total_batch + 1) if total_batch % (b * world_size) == 0})
         raise ValueError(f"train.total_batch={total_batch} is not a multiple of batch_size x world_size = "
-                         f"{batch_size} x {world_size}; pick train.batch_size from {ok} (or change total_batch)")
+                         f"{batch_size} x {world_size}; pick train.batch_size from {ok} "
+                         "(or change total_batch)")
     return total_batch // per_step
 
 
@@ -102,7 +103,7 @@ def all_reduce_mean(values: dict[str, float], env: DistEnv) -> dict[str, float]:
     keys = list(values)  # the same insertion order on every rank
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
-    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}
+    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def broadcast_error(error: BaseException | None, env: DistEnv) -> None:

@@ -16,7 +16,8 @@ def check_hub_ready(repo_id: str) -> None:
     from huggingface_hub import HfApi, is_offline_mode
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--push-to-hub expects a repo id like 'user/denseclip-rn50-ade20k', got {repo_id!r}")
+        raise ValueError(f"--push-to-hub expects a repo id like 'user/denseclip-rn50-ade20k', "
+                         f"got {repo_id!r}")
     later = (f"Train without --push-to-hub and upload the final model later with "
              f"`huggingface-cli upload {repo_id} WORK_DIR/final`.")
     if is_offline_mode():
@@ -25,9 +26,9 @@ def check_hub_ready(repo_id: str) -> None:
     try:
         HfApi().whoami()
     except Exception as e:
-        raise HubUnavailableError(f"--push-to-hub {repo_id}: the Hugging Face Hub is unreachable or the token "
-                                  f"is missing ({type(e).__name__}: {str(e)[:200]}); run `huggingface-cli "
-                                  f"login` or set HF_TOKEN. {later}") from e
+        raise HubUnavailableError(f"--push-to-hub {repo_id}: the Hugging Face Hub is unreachable or the "
+                                  f"token is missing ({type(e).__name__}: {str(e)[:200]}); run "
+                                  f"`huggingface-cli login` or set HF_TOKEN. {later}") from e
 
 
 def recipe(cfg: TrainConfig) -> dict:

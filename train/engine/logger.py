@@ -76,7 +76,8 @@ class RunLogger:
             self._jsonl.write(json.dumps({"iter": it, "prefix": prefix, **clean}) + "\n")
             self._jsonl.flush()
         if self.bar is not None and prefix == "train":
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in clean.items() if k in ("loss", "lr")}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in clean.items() if k in ("loss", "lr")}
+            self.bar.set_postfix(shown, refresh=False)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -111,7 +111,8 @@ def _restore_state(folder: Path, optimizer, amp: Amp, cfg: TrainConfig, env: Dis
     amp.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     saved = state.get("train", {})
-    changed = [k for k in ("seed", "total_batch", "max_iters", "lr") if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [k for k in ("seed", "total_batch", "max_iters", "lr")
+               if k in saved and saved[k] != getattr(cfg, k)]
     if changed and env.is_main:
         print(f"warning: resuming with a different train.{', train.'.join(changed)} than the checkpoint's; "
               "the result will differ from an uninterrupted run", file=sys.stderr)
@@ -126,7 +127,8 @@ def _checkpoint(run: TrainRun) -> None:
                  "rng": rng_state(), "best": run.best,
                  "sampler": {"next_iteration": it, "seed": cfg.seed, "total_batch": cfg.total_batch},
                  "world_size": env.world_size, "accumulation": run.accumulation, "train": cfg.to_dict()}
-        run.log.info(f"checkpoint {write_checkpoint(run.model, run.work_dir, it, state, cfg.keep_checkpoints)}")
+        folder = write_checkpoint(run.model, run.work_dir, it, state, cfg.keep_checkpoints)
+        run.log.info(f"checkpoint {folder}")
     barrier(env)
 
 
@@ -164,7 +166,8 @@ def run_training(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses]
     if run.resumed_from is not None:
         log.info(f"resumed from {run.resumed_from} at iteration {run.iteration}")
     elif (run.work_dir / "checkpoints").is_dir() and any((run.work_dir / "checkpoints").glob("iter_*")):
-        log.info(f"warning: {run.work_dir}/checkpoints holds checkpoints of an earlier run; pass --resume to continue it")
+        log.info(f"warning: {run.work_dir}/checkpoints holds checkpoints of an earlier run; "
+                 "pass --resume to continue it")
     window, n_window, t_window = defaultdict(float), 0, time.perf_counter()
     while run.iteration < cfg.max_iters:
         lr = set_lr(run.optimizer, run.iteration, cfg)
@@ -176,8 +179,8 @@ def run_training(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses]
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             values = all_reduce_mean({k: float(v) / n_window for k, v in window.items()}, env)
             if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at iteration {it}; lower train.lr, set (or "
-                                         "lower) train.grad_clip, or train without fp16 AMP")
+                raise FloatingPointError(f"loss is {values['loss']} at iteration {it}; lower train.lr, set "
+                                         "(or lower) train.grad_clip, or train without fp16 AMP")
             dt = time.perf_counter() - t_window
             values.update(lr=lr, images_per_s=cfg.total_batch * n_window / max(dt, 1e-9),
                           memory_mb=peak_memory_mb(env.device))
@@ -213,7 +216,7 @@ def keep_best(run: TrainRun, metrics: dict) -> None:
 
 
 def headline(metrics: dict, key: str) -> str:
-    """The validation number `key` as a run reports it: mIoU with 2 decimals, box AP with 1 (as the papers)."""
+    """The validation number `key` as runs report it: mIoU with 2 decimals, box AP with 1 (as papers)."""
     if key == "mIoU":
         return f"mIoU {100 * metrics[key]:.2f}"
     if key == "bbox_AP":
@@ -237,10 +240,11 @@ def finish_training(run: TrainRun, evaluate: Callable[[int], dict] | None = None
         write_json(run.work_dir / "metrics.json", summary)
         if results:
             write_json(final / "metrics.json", summary)
-        log.info(f"final model: {final}" + (f"; {headline(results, run.metric)}" if run.metric in results else ""))
+        shown = f"; {headline(results, run.metric)}" if run.metric in results else ""
+        log.info(f"final model: {final}{shown}")
         if push_to_hub:
-            url = run.model.push_to_hub(push_to_hub, model_card_kwargs={"metrics": results, "repo_id": push_to_hub,
-                                                                        "training": recipe(cfg)})
+            card = {"metrics": results, "repo_id": push_to_hub, "training": recipe(cfg)}
+            url = run.model.push_to_hub(push_to_hub, model_card_kwargs=card)
             log.info(f"pushed to {url}")
     barrier(env)
     log.close()

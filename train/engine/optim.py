@@ -26,7 +26,8 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     if hasattr(model, "param_groups"):
         groups = model.param_groups(cfg.lr, cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult)
     else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr, "lr_mult": 1.0}]
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": cfg.lr, "lr_mult": 1.0}]
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters with a non-zero learning rate")
     for g in groups:

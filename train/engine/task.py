@@ -67,7 +67,7 @@ class Task:
 
     def __init__(self, cfg: dict, env: DistEnv):
         train = cfg["train"]
-        accumulation_steps(train.total_batch, train.batch_size, env.world_size)  # fails now if it does not add up
+        accumulation_steps(train.total_batch, train.batch_size, env.world_size)  # fails now, if it will
         if train.sync_bn and env.distributed and env.device.type != "cuda":
             raise ValueError("train.sync_bn needs GPUs (SyncBatchNorm has no CPU implementation); "
                              "pass --train.sync_bn false")
@@ -129,8 +129,8 @@ def _train(task: Task, args: argparse.Namespace, work_dir: Path) -> dict:
         save_run_config({s: task.cfg[s] for s in task.sections}, work_dir / "config.yaml")
     trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad) / 1e6
     run.log.info(f"{run.model.cfg.name}: {trainable:.2f} M trainable params; {len(task.train_set)} training "
-                 f"images ({task.describe()}); world {env.world_size} x batch {cfg.batch_size} x accumulation "
-                 f"{run.accumulation} = total batch {cfg.total_batch}")
+                 f"images ({task.describe()}); world {env.world_size} x batch {cfg.batch_size} x "
+                 f"accumulation {run.accumulation} = total batch {cfg.total_batch}")
     loader = build_train_loader(task.train_set, task.transform, cfg, env, run.iteration, task.collate_fn)
     validate = None if task.val_set is None else partial(_validate, task, run)
     if run_training(run, iter(loader), partial(task.step, run), validate, args.stop_at, task.iters_per_epoch):
