@@ -1,5 +1,6 @@
 """The shared training engine: config overrides, the mmcv schedule, accumulation, resumable sampling,
-checkpoint files, optimizer groups, Hub checks. Fast unit tests (no training loop)."""
+checkpoint files, optimizer groups, the Hub check and upload, collectives on two processes, the scripts
+as modules. Unit tests (no training loop)."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def test_step_schedule_with_linear_warmup_is_mmcv():
         for base in (1e-4, 1e-5):
             assert lr_at(it, base, cfg) == pytest.approx(mmcv(it, base), rel=1e-12)
     assert lr_at(799, 1e-4, cfg) == 1e-4 and lr_at(1100, 1e-4, cfg) == pytest.approx(1e-6, rel=1e-12)
-    # what train_det.py computed before the engine had it: the constant schedule x gamma ** steps passed
+    # what train_det computed before the engine had it: the constant schedule x gamma ** steps passed
     const = TrainConfig(schedule="constant", max_iters=1200, warmup_iters=50, warmup_ratio=1e-3)
     for it in range(1200):
         assert lr_at(it, 1e-4, cfg) == lr_at(it, 1e-4, const) * 0.1 ** sum(it >= s for s in (800, 1100))

@@ -1,4 +1,4 @@
-"""train_seg.py / eval_seg.py end to end on CPU with the tiny preset and the synthetic task:
+"""train.train_seg / train.eval_seg end to end on CPU with the tiny preset and the synthetic task:
 learning, metrics files, exact resume after an interruption (a debug stop and a real SIGKILL),
 torchrun with 2 processes (gloo) against one process, and the errors raised before training."""
 
@@ -80,7 +80,7 @@ def test_end_to_end_learns_and_writes_metrics(tmp_path):
     assert all((work / sub / "model.safetensors").is_file() for sub in ("final", "best"))
     assert (work / "config.yaml").is_file() and list((work / "tb").glob("events.out.tfevents.*"))
 
-    # eval_seg.py on the final model reproduces the number and writes metrics.json
+    # eval_seg on the final model reproduces the number and writes metrics.json
     out = tmp_path / "eval" / "metrics.json"
     ev = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out),
                         "--workers", "0"])
