@@ -1,9 +1,9 @@
 """Training-step throughput (images/s) and peak memory, AMP off and on.
 
-    python benchmarks/bench_train.py                               # RN50 DenseCLIP, 2 x 512 x 512, CPU, fp32 vs bf16
+    python benchmarks/bench_train.py                 # RN50 DenseCLIP, 2 x 512 x 512, CPU, fp32 vs bf16
     python benchmarks/bench_train.py --device cuda --batch 8 --amp none bf16 fp16 --channels-last
 
-A step is what train_seg.py does per micro-batch: forward with labels (seg + aux loss), backward,
+A step is what train.train_seg does per micro-batch: forward with labels (seg + aux loss), backward,
 AdamW step over the recipe's parameter groups (backbone lr x0.1, text encoder frozen). Random CLIP
 weights (no download; speed does not depend on the values). Each variant runs in its own subprocess
 so peak memory (max RSS on CPU, max allocated on CUDA) is that variant's alone. On CPU fp16 autocast
@@ -65,8 +65,8 @@ def run_one(args: argparse.Namespace, amp: str) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     med = statistics.median(times)
-    return {"amp": amp, "median_s": med, "min_s": min(times), "images_per_s": args.batch / med, "peak_mib": peak,
-            "threads": torch.get_num_threads(), "classes": k, "loss": loss,
+    return {"amp": amp, "median_s": med, "min_s": min(times), "images_per_s": args.batch / med,
+            "peak_mib": peak, "threads": torch.get_num_threads(), "classes": k, "loss": loss,
             "trainable_m": sum(p.numel() for g in opt.param_groups for p in g["params"]) / 1e6}
 
 
@@ -109,9 +109,10 @@ def main() -> None:
     if not rows:
         sys.exit(1)
     r0 = rows[0]
-    print(f"# train step of {args.preset}: batch {args.batch} x 3 x {args.size} x {args.size}, device={args.device}, "
-          f"channels_last={args.channels_last}, threads={r0['threads']}, K={r0['classes']}, "
-          f"{r0['trainable_m']:.1f} M trainable params, random weights, {args.steps} timed steps")
+    print(f"# train step of {args.preset}: batch {args.batch} x 3 x {args.size} x {args.size}, "
+          f"device={args.device}, channels_last={args.channels_last}, threads={r0['threads']}, "
+          f"K={r0['classes']}, {r0['trainable_m']:.1f} M trainable params, random weights, "
+          f"{args.steps} timed steps")
     print(f"{'amp':<6}{'median s/step':>15}{'min s':>9}{'images/s':>10}{'peak MiB':>10}")
     for r in rows:
         print(f"{r['amp']:<6}{r['median_s']:>15.3f}{r['min_s']:>9.3f}{r['images_per_s']:>10.2f}{r['peak_mib']:>10.0f}")

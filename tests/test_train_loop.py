@@ -5,29 +5,18 @@ checkpoints, --stop-at and resume, the final folder. train_seg/train_det run it 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-from engine import (  # noqa: E402
-    DistEnv,
-    TrainConfig,
-    finish_training,
-    init_seed,
-    keep_best,
-    lr_at,
-    resolve_resume,
-    run_training,
-    start_training,
-)
-
-import denseclip  # noqa: E402
+from train.engine.checkpoint import resolve_resume
+from train.engine.config import TrainConfig
+from train.engine.distributed import DistEnv
+from train.engine.loop import finish_training, keep_best, run_training, start_training
+from train.engine.optim import lr_at
+from train.engine.sampling import init_seed
 
 TOTAL = 4  # images per iteration
 
@@ -57,7 +46,7 @@ class Toy(torch.nn.Module):
 
 
 def _data(start_iter: int, batch_size: int):
-    """Micro-batches of iteration `it` take samples [it * TOTAL, (it + 1) * TOTAL), as the engine's sampler."""
+    """Micro-batches of iteration `it` take samples [it * TOTAL, (it + 1) * TOTAL), as the engine's do."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
@@ -70,8 +59,9 @@ def _data(start_iter: int, batch_size: int):
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(max_iters=10, total_batch=TOTAL, batch_size=TOTAL, lr=0.05, weight_decay=0.0, schedule="constant",
-                warmup_iters=0, checkpoint_interval=100, log_interval=5, eval_interval=0, workers=0)
+    base = dict(max_iters=10, total_batch=TOTAL, batch_size=TOTAL, lr=0.05, weight_decay=0.0,
+                schedule="constant", warmup_iters=0, checkpoint_interval=100, log_interval=5, eval_interval=0,
+                workers=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -79,8 +69,7 @@ def _run(work: Path, cfg: TrainConfig, dropout: float = 0.0, resume: str | None 
          evaluate=None, step_log: list | None = None, iters_per_epoch=None):
     torch.manual_seed(init_seed(cfg.seed))
     resume_from = resolve_resume(resume, work)
-    run = start_training(Toy(dropout), cfg, DistEnv(), work, TOTAL // cfg.batch_size, resume_from,
-                         best={"score": -1.0, "iteration": -1}, save_model=denseclip.save_checkpoint, progress=False)
+    run = start_training(Toy(dropout), cfg, DistEnv(), work, resume_from, metric="score", progress=False)
 
     def step(batch):
         x, y = batch
@@ -109,10 +98,11 @@ def test_each_step_sees_the_scheduled_lr_and_its_own_seed(tmp_path):
     cfg = _cfg(batch_size=2, schedule="step", lr_steps=(3, 6), lr_gamma=0.5, warmup_iters=2, warmup_ratio=0.1)
     seen: list = []
     _run(tmp_path / "a", cfg, step_log=seen)
-    assert [it for it, _, _ in seen] == [i for i in range(10) for _ in range(2)]  # 2 micro-steps per iteration
+    assert [it for it, _, _ in seen] == [i for i in range(10) for _ in range(2)]  # 2 micro-steps each
     for it, lr, _ in seen:
         assert lr == lr_at(it, 0.05, cfg)
-    assert [lr for _, lr, _ in seen[::2]][:7] == pytest.approx([0.005, 0.0275, 0.05, 0.025, 0.025, 0.025, 0.0125])
+    expected = [0.005, 0.0275, 0.05, 0.025, 0.025, 0.025, 0.0125]
+    assert [lr for _, lr, _ in seen[::2]][:7] == pytest.approx(expected)
     draws = [r for _, _, r in seen]
     assert len(set(draws)) == len(draws)  # every micro-step reseeded differently...
     again: list = []
@@ -155,7 +145,7 @@ def test_evaluation_hook_and_best_model(tmp_path):
     def evaluate(run, it):
         calls.append(it)
         metrics = {"score": {4: 0.5, 8: 0.3, 10: 0.7}[it]}
-        keep_best(run, "score", metrics["score"], metrics)
+        keep_best(run, metrics)
         return metrics
 
     work = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""train_seg.py / eval_seg.py end to end on CPU with the tiny preset and the synthetic task:
+"""train.train_seg / train.eval_seg end to end on CPU with the tiny preset and the synthetic task:
 learning, metrics files, exact resume after an interruption (a debug stop and a real SIGKILL),
 torchrun with 2 processes (gloo) against one process, and the errors raised before training."""
 
@@ -18,15 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from denseclip.data.base import DatasetError
+from denseclip.data.synthetic import SyntheticSegDataset, write_folder_dataset
+from denseclip.metrics import SegMetric
+from train import eval_seg, train_seg
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "train"))
-
-import eval_seg  # noqa: E402
-import train_seg  # noqa: E402
-
-from denseclip.data.base import DatasetError  # noqa: E402
-from denseclip.data.synthetic import SyntheticSegDataset, write_folder_dataset  # noqa: E402
-from denseclip.metrics import SegMetric  # noqa: E402
 
 TINY = str(ROOT / "train" / "configs" / "tiny_synthetic.yaml")
 # 12 iterations at a total batch of 4 = 2 images x 2 accumulation steps; 20 images, so epochs turn over
@@ -61,8 +58,8 @@ def reference_run(tmp_path_factory):
 
 def test_end_to_end_learns_and_writes_metrics(tmp_path):
     work = tmp_path / "e2e"
-    res = train_seg.main(["--config", TINY, "--work-dir", str(work), "--no-progress", "--train.max_iters", "60",
-                          "--train.log_interval", "10", "--train.checkpoint_interval", "30"])
+    res = train_seg.main(["--config", TINY, "--work-dir", str(work), "--no-progress", "--train.max_iters",
+                          "60", "--train.log_interval", "10", "--train.checkpoint_interval", "30"])
     logged = [json.loads(line) for line in (work / "scalars.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if r["prefix"] == "train"]
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
@@ -80,17 +77,20 @@ def test_end_to_end_learns_and_writes_metrics(tmp_path):
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["iteration"] == 60 and metrics["mIoU"] == pytest.approx(res["mIoU"])
     assert set(metrics["per_class"]) == {"sky", "tree", "road", "person", "car"}
-    assert (work / "final" / "model.safetensors").is_file() and (work / "best" / "model.safetensors").is_file()
+    assert all((work / sub / "model.safetensors").is_file() for sub in ("final", "best"))
     assert (work / "config.yaml").is_file() and list((work / "tb").glob("events.out.tfevents.*"))
 
-    # eval_seg.py on the final model reproduces the number and writes metrics.json
+    # eval_seg on the final model reproduces the number and writes metrics.json
     out = tmp_path / "eval" / "metrics.json"
-    ev = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out), "--workers", "0"])
+    ev = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out),
+                        "--workers", "0"])
     assert ev["mIoU"] == pytest.approx(res["mIoU"], abs=1e-9)
     written = json.loads(out.read_text())
     assert written["num_images"] == 16 and len(written["IoU"]) == 5 and written["test"]["mode"] == "whole"
-    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--out", str(out),
-                          "--workers", "0", "--mode", "slide", "--crop", "48", "--stride", "32", "--flip"])
+    # the run's config.yaml (every field written out) works as the eval config
+    flip = eval_seg.main(["--checkpoint", str(work / "final"), "--config", str(work / "config.yaml"),
+                          "--out", str(out), "--workers", "0", "--mode", "slide", "--crop", "48",
+                          "--stride", "32", "--flip"])
     assert flip["test"]["flip"] and flip["test"]["mode"] == "slide" and 0 <= flip["mIoU"] <= 1
 
 
@@ -109,14 +109,14 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, reference_run):
 @pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, reference_run):
     work = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "train" / "train_seg.py"), *SHORT, "--work-dir", str(work),
+    cmd = [sys.executable, "-m", "train.train_seg", *SHORT, "--work-dir", str(work),
            "--train.checkpoint_interval", "2"]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = work / "checkpoints" / "iter_0000006" / "state.pt"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stderr.close()
@@ -133,14 +133,15 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     the same dropout masks (the model RNG is seeded per slot), and BatchNorm normalises each 2-image
     micro-batch with its own statistics in both cases. So every *parameter* agrees. The BN running
     statistics do not: DDP keeps rank 0's (and broadcasts them), one process folds in both micro-batches.
-    They only matter at eval time and are not compared. (SyncBatchNorm, which would make a batch of 4
-    per step, has no CPU implementation.)
+    They only matter at eval time, where every rank uses rank 0's (those saved): the validation during
+    the 2-process run gives exactly what eval_seg gives in one process on the saved model. (SyncBatchNorm,
+    which would make a batch of 4 per step, has no CPU implementation.)
     """
-    args = [*SHORT, "--train.max_iters", "6", "--train.checkpoint_interval", "6"]
+    args = [*SHORT, "--train.max_iters", "6", "--train.checkpoint_interval", "6", "--data.val_split", "val"]
     multi = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train" / "train_seg.py"), *args, "--work-dir", str(multi)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+           "-m", "train.train_seg", *args, "--work-dir", str(multi)]
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world 2 x batch 2 x accumulation 1 = total batch 4" in r.stderr
     single = tmp_path / "single"
@@ -148,22 +149,26 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert "world 1 x batch 2 x accumulation 2" in (single / "log.txt").read_text()
     a, b = _weights(multi), _weights(single)
     _assert_same_weights(a, b, atol=1e-5, params_only=True)
-    assert not torch.equal(a["backbone.bn1.running_mean"], b["backbone.bn1.running_mean"])
+    assert not torch.equal(a["encoder.visual.bn1.running_mean"], b["encoder.visual.bn1.running_mean"])
 
     # evaluation split over 2 ranks (areas all-reduced) == evaluation in one process
     out2, out1 = tmp_path / "m2.json", tmp_path / "m1.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train" / "eval_seg.py"), "--checkpoint", str(multi / "final"), "--config", TINY,
+           "-m", "train.eval_seg", "--checkpoint", str(multi / "final"), "--config", TINY,
            "--workers", "0", "--out", str(out2)]
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0", "--out", str(out1)])
+    eval_seg.main(["--checkpoint", str(multi / "final"), "--config", TINY, "--workers", "0",
+                   "--out", str(out1)])
     m2, m1 = json.loads(out2.read_text()), json.loads(out1.read_text())
     assert m2["num_pixels"] == m1["num_pixels"] == 16 * 64 * 96 and m2["IoU"] == m1["IoU"]
+    during = json.loads((multi / "metrics.json").read_text())  # validated by 2 ranks at the end of training
+    assert during["num_pixels"] == m1["num_pixels"] and during["IoU"] == m1["IoU"]
 
 
 def test_folder_dataset_training_and_errors_before_training(tmp_path):
-    root = write_folder_dataset(tmp_path / "data", num_train=6, num_val=2, class_names=("water", "grass", "cat"))
+    root = write_folder_dataset(tmp_path / "data", num_train=6, num_val=2,
+                                class_names=("water", "grass", "cat"))
     args = [str(ROOT / "train" / "configs" / "custom_folder.yaml"), "--no-progress", "--data.root", str(root),
             "--model.preset", "denseclip-tiny-rn", "--data.crop_size", "64", "--data.scale", "[256, 64]",
             "--train.max_iters", "2", "--train.total_batch", "2", "--train.batch_size", "2",

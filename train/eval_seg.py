@@ -1,42 +1,35 @@
 """Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to metrics.json.
+From the repository root:
 
-    python train/eval_seg.py --checkpoint work_dirs/rn50/final --config train/configs/denseclip_rn50_ade20k.yaml
-    python train/eval_seg.py --checkpoint denseclip_fpn_res50.pth --config ... --aug        # multi-scale + flip
-    torchrun --nproc_per_node 8 train/eval_seg.py --checkpoint ... --config ...          # images split over GPUs
+    python -m train.eval_seg --checkpoint work_dirs/rn50/final \
+        --config train/configs/denseclip_rn50_ade20k.yaml
+    python -m train.eval_seg --checkpoint denseclip_fpn_res50.pth --config ... --aug     # multi-scale + flip
+    torchrun --nproc_per_node 8 -m train.eval_seg --checkpoint ... --config ...       # images split over GPUs
 
 The test pipeline comes from the checkpoint's config (`model.test`: slide 512/341 for the ADE20K
 presets); --mode/--crop/--stride/--scales/--flip change it, --aug is the authors' multi-scale + flip
 (ratios 0.5, 0.75, 1.0, 1.25, 1.5, 1.75). The data comes from the config's `data:` section
-(`--data.root PATH` and other dotted overrides work as in train_seg.py).
+(`--data.root PATH` and other dotted overrides work as in train_seg).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import sys
-from pathlib import Path
+if not __package__:  # run as a file: the package's imports cannot work
+    raise SystemExit("run it as a module from the repository root: python -m train.eval_seg --help")
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import denseclip
+from denseclip.metrics import format_table
 
-from engine import (  # noqa: E402
-    dataclass_from_dict,
-    distributed_session,
-    eval_parser,
-    load_run_config,
-    report_metrics,
-)
-from seg_data import DataConfig, build_dataset  # noqa: E402
-
-import denseclip  # noqa: E402
-from denseclip.evaluation import evaluate  # noqa: E402
-from denseclip.metrics import format_table  # noqa: E402
+from .engine import eval_parser, evaluate_main
+from .seg_data import DataConfig, build_dataset
 
 AUG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
+    """The checkpoint's test pipeline with the command line's changes."""
     changes = {k: getattr(args, k) for k in ("mode", "crop", "stride", "short_side", "max_long_side")
                if getattr(args, k) is not None}
     if args.aug:
@@ -45,10 +38,10 @@ def test_config(base: denseclip.TestConfig, args) -> denseclip.TestConfig:
         changes["scales"] = tuple(args.scales)
     if args.flip:
         changes["flip"] = True
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
-def parse_args(argv=None):
+def parser():
     p = eval_parser(__doc__, "our .safetensors / checkpoint folder, a Hub repo id, or the authors' .pth",
                     "YAML whose data: section names the dataset (a run's config.yaml works)",
                     "do not check the dataset files first")
@@ -58,33 +51,33 @@ def parse_args(argv=None):
     p.add_argument("--stride", type=int)
     p.add_argument("--short-side", type=int)
     p.add_argument("--max-long-side", type=int)
-    p.add_argument("--scales", type=float, nargs="+", help="multi-scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    p.add_argument("--scales", type=float, nargs="+",
+                   help="multi-scale ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
     p.add_argument("--aug", action="store_true", help="the authors' multi-scale (0.5..1.75) + flip test")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    return p.parse_known_args(argv)
+    return p
 
 
-def main(argv=None) -> dict:
-    args, overrides = parse_args(argv)
-    cfg = load_run_config(args.config, overrides)
-    data_cfg = dataclass_from_dict(DataConfig, cfg["data"], "data")
-    with distributed_session(args.device) as env:
-        split = args.split or data_cfg.splits()[1]
-        if split is None:
-            raise ValueError("no validation split: pass --split or set data.val_split")
-        dataset = build_dataset(data_cfg, split, seed=cfg["train"].seed)
-        if env.is_main and not args.skip_validate:
-            dataset.validate("fast" if data_cfg.validate == "none" else data_cfg.validate)
-        model = denseclip.load_checkpoint(args.checkpoint, device=env.device)
-        test = test_config(model.cfg.test, args)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-        results = evaluate(model, dataset, test, rank=env.rank, world_size=env.world_size, amp_dtype=amp,
-                           max_images=args.max_images, workers=args.workers)
-        results.update(checkpoint=str(args.checkpoint), dataset=dataset.name, split=split)
-        if env.is_main:
-            report_metrics(results, args.checkpoint, args.out, format_table(results))
-        return results
+def evaluate(cfg: dict, args, env) -> tuple[dict, str]:
+    data = DataConfig.from_dict(cfg["data"], "data")
+    split = args.split or data.splits()[1]
+    if split is None:
+        raise ValueError("no validation split: pass --split or set data.val_split")
+    dataset = build_dataset(data, split, seed=cfg["train"].seed)
+    if env.is_main and not args.skip_validate:
+        dataset.validate("fast" if data.validate == "none" else data.validate)
+    model = denseclip.load_checkpoint(args.checkpoint, device=env.device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    results = denseclip.evaluate(model, dataset, test_config(model.cfg.test, args), rank=env.rank,
+                                 world_size=env.world_size, amp_dtype=amp, max_images=args.max_images,
+                                 workers=args.workers)
+    results.update(dataset=dataset.name, split=split)
+    return results, format_table(results)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return evaluate_main(parser(), ("model", "data", "train"), evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from denseclip.config import Config
 from denseclip.data.ade20k import ADE20KDataset
 from denseclip.data.coco_stuff import COCOStuffDataset
 from denseclip.data.folder import FolderDataset
@@ -23,7 +24,7 @@ _DEFAULT_SPLITS = {"ade20k": ("training", "validation"), "coco_stuff": ("train20
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     type: str = "ade20k"
     root: str | None = None
     train_split: str | None = None  # None: the dataset's usual name (training / train2017 / train)
@@ -48,14 +49,16 @@ class DataConfig:
         if self.type not in DATASET_TYPES:
             raise ValueError(f"data.type must be one of {DATASET_TYPES}, got {self.type!r}")
         if self.type != "synthetic" and not self.root:
-            raise ValueError(f"data.root is required for data.type={self.type!r} (e.g. --data.root /path/to/data)")
+            raise ValueError(f"data.root is required for data.type={self.type!r} "
+                             "(e.g. --data.root /path/to/data)")
         if self.validate not in ("full", "fast", "none"):
             raise ValueError(f"data.validate must be 'full', 'fast' or 'none', got {self.validate!r}")
 
     def splits(self) -> tuple[str, str | None]:
         train, val = _DEFAULT_SPLITS[self.type]
-        val_split = val if self.val_split is None else (self.val_split if self.val_split not in ("", "none") else None)
-        return self.train_split or train, val_split
+        if self.val_split is not None:
+            val = self.val_split if self.val_split not in ("", "none") else None
+        return self.train_split or train, val
 
 
 def build_dataset(cfg: DataConfig, split: str, seed: int = 0):
@@ -65,7 +68,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0):
     if cfg.type == "coco_stuff":
         return COCOStuffDataset(cfg.root, split)
     if cfg.type == "folder":
-        return FolderDataset(cfg.root, split, class_names=cfg.class_names, reduce_zero_label=cfg.reduce_zero_label)
+        return FolderDataset(cfg.root, split, class_names=cfg.class_names,
+                             reduce_zero_label=cfg.reduce_zero_label)
     train = split == _DEFAULT_SPLITS["synthetic"][0]
     names = tuple(cfg.class_names) if isinstance(cfg.class_names, (list, tuple)) else None
     kwargs = {"class_names": names} if names else {}
@@ -76,8 +80,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0):
 def build_train_transform(cfg: DataConfig, ignore_index: int = 255) -> TrainTransform:
     return TrainTransform(crop_size=cfg.crop_size, scale=tuple(cfg.scale),
                           ratio_range=tuple(cfg.ratio_range) if cfg.ratio_range else None,
-                          cat_max_ratio=cfg.cat_max_ratio, flip_prob=cfg.flip_prob, photometric=cfg.photometric,
-                          ignore_index=ignore_index)
+                          cat_max_ratio=cfg.cat_max_ratio, flip_prob=cfg.flip_prob,
+                          photometric=cfg.photometric, ignore_index=ignore_index)
 
 
 def resolve_class_names(model_cfg, dataset, explicit: bool):

@@ -2,7 +2,7 @@
 
     work_dir/checkpoints/iter_0008000/model.safetensors   weights + model config (loadable on its own)
                                      /config.json
-                                     /state.pt            optimizer, scaler, iteration, RNG states, best metric
+                                     /state.pt            optimizer, scaler, iteration, RNG states, best
     work_dir/checkpoints/latest.txt                       name of the newest complete checkpoint
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a run killed
@@ -12,7 +12,6 @@ Python values and is read back with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -20,21 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denseclip.checkpoints import CHECKPOINT_NAME, atomic_path, load_state_checked, save_checkpoint
+
 STATE_NAME = "state.pt"
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = CHECKPOINT_NAME
 LATEST_NAME = "latest.txt"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -42,8 +31,8 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -70,19 +59,12 @@ def is_complete(folder: Path) -> bool:
 
 
 def save_training_checkpoint(model, folder: Path, state: dict, metadata: dict | None = None) -> Path:
-    """Write weights + state into `folder` atomically (tmp folder, then rename)."""
-    from denseclip import save_checkpoint
-
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_checkpoint(model, tmp, metadata)
-    atomic_torch_save(state, tmp / STATE_NAME)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    """Write weights + state into `folder` atomically (a temporary folder, renamed when complete)."""
+    with atomic_path(folder) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
+        save_checkpoint(model, tmp, metadata)
+        torch.save(state, tmp / STATE_NAME)
+        shutil.rmtree(folder, ignore_errors=True)  # the same iteration, saved again after a resume
     return folder
 
 
@@ -113,8 +95,8 @@ def resolve_resume(resume: str | None, work_dir: Path) -> Path | None:
         latest = find_latest(path / "checkpoints") or find_latest(path)
         if latest is not None:
             return latest
-    raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a folder with {WEIGHTS_NAME} and "
-                            f"{STATE_NAME}, or a work dir holding checkpoints/iter_*)")
+    raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (a folder with {WEIGHTS_NAME} "
+                            f"and {STATE_NAME}, or a work dir holding checkpoints/iter_*)")
 
 
 def load_training_state(folder: Path, map_location="cpu") -> dict:
@@ -122,17 +104,11 @@ def load_training_state(folder: Path, map_location="cpu") -> dict:
 
 
 def load_weights_into(model, folder: Path) -> None:
-    """Load model.safetensors of a checkpoint into `model` (strict: every tensor must match)."""
+    """Load model.safetensors of a checkpoint into `model` (every tensor must match, by name and shape)."""
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(folder) / WEIGHTS_NAME))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {folder} does not match the model: missing {missing[:8]}, "
-                         f"unexpected {unexpected[:8]}")
-    if hasattr(model, "clear_text_cache"):
-        model.clear_text_cache()
+    path = Path(folder) / WEIGHTS_NAME
+    load_state_checked(model, load_file(str(path)), str(path))
 
 
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
@@ -148,6 +124,7 @@ def write_checkpoint(model, work_dir: Path, iteration: int, state: dict, keep: i
     ckpt_dir = Path(work_dir) / "checkpoints"
     folder = save_training_checkpoint(model, ckpt_dir / checkpoint_name(iteration), state,
                                       {"iteration": iteration})
-    atomic_write_text(ckpt_dir / LATEST_NAME, folder.name)
+    with atomic_path(ckpt_dir / LATEST_NAME) as tmp:
+        tmp.write_text(folder.name, "utf-8")
     prune_checkpoints(ckpt_dir, keep)
     return folder

@@ -1,32 +1,39 @@
-"""The command-line flags the training and evaluation scripts share; each script adds its own.
+"""The command lines the training and evaluation scripts share; each script adds its own flags.
 
-    python train/train_seg.py --config C.yaml [--work-dir D] [--resume [PATH]] [--push-to-hub REPO] ...
-    python train/eval_seg.py --checkpoint CKPT [--config C.yaml] [--out metrics.json] ...
+    python -m train.train_seg --config C.yaml [--work-dir D] [--resume [PATH]] [--push-to-hub REPO] ...
+    python -m train.eval_seg --checkpoint CKPT [--config C.yaml] [--out metrics.json] ...
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
+from .config import load_run_config
+from .distributed import distributed_session
+from .logger import write_json
 
-def _parser(doc: str) -> argparse.ArgumentParser:
+
+def _parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                    allow_abbrev=False)
 
 
-def train_parser(doc: str, sections: tuple[str, ...], validate_help: str) -> argparse.ArgumentParser:
+def train_parser(doc: str | None, sections: tuple[str, ...], validate_help: str) -> argparse.ArgumentParser:
     """--config, --work-dir, --resume, --push-to-hub, --skip-validate, --device, --no-progress, --stop-at."""
     p = _parser(doc)
-    p.add_argument("--config", required=True, help=f"YAML with {', '.join(s + ':' for s in sections)} sections")
+    p.add_argument("--config", required=True,
+                   help=f"YAML with {', '.join(s + ':' for s in sections)} sections")
     p.add_argument("--work-dir", help="checkpoints, logs, metrics (default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint in the work dir (no value), or from PATH")
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the final model + model card to this Hub repo")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="upload the final model + model card to this Hub repo")
     p.add_argument("--skip-validate", action="store_true", help=validate_help)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
-    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration (kill test)
+    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)  # debug: exit after this iteration
     return p
 
 
@@ -35,7 +42,8 @@ def work_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
 
 
-def eval_parser(doc: str, checkpoint_help: str, config_help: str, validate_help: str) -> argparse.ArgumentParser:
+def eval_parser(doc: str | None, checkpoint_help: str, config_help: str,
+                validate_help: str) -> argparse.ArgumentParser:
     """--checkpoint, --config, --max-images, --workers, --device, --out, --skip-validate."""
     p = _parser(doc)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -56,12 +64,17 @@ def metrics_path(checkpoint: str, out: str | None) -> Path:
     return (ckpt if ckpt.is_dir() else ckpt.parent if ckpt.exists() else Path(".")) / "metrics.json"
 
 
-def report_metrics(metrics: dict, checkpoint: str, out: str | None, text: str) -> Path:
-    """An evaluation's end: metrics.json at metrics_path(checkpoint, out), `text` and the path printed."""
-    from .logger import write_json
-
-    path = metrics_path(checkpoint, out)
-    write_json(path, metrics)
-    print(text, flush=True)
-    print(f"metrics written to {path}", flush=True)
-    return path
+def evaluate_main(parser: argparse.ArgumentParser, sections: tuple[str, ...],
+                  evaluate: Callable[..., tuple[dict, str]], argv: list[str] | None = None) -> dict:
+    """An evaluation script: its command line (+ `--section.key value` overrides of --config), a torchrun
+    session, evaluate(cfg, args, env) -> (metrics, text to print on rank 0), metrics.json (metrics_path)."""
+    args, overrides = parser.parse_known_args(argv)
+    cfg = load_run_config(args.config, overrides, sections)
+    with distributed_session(args.device) as env:
+        metrics, text = evaluate(cfg, args, env)
+        if env.is_main:
+            metrics["checkpoint"] = str(args.checkpoint)
+            path = metrics_path(args.checkpoint, args.out)
+            write_json(path, metrics)
+            print(f"{text}\nmetrics written to {path}", flush=True)
+        return metrics

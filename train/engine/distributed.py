@@ -10,12 +10,15 @@ NCCL on GPUs, gloo on CPU. Without torchrun everything degrades to a single proc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,7 +91,8 @@ def accumulation_steps(total_batch: int, batch_size: int, world_size: int) -> in
     if total_batch % per_step:
         ok = sorted({b for b in range(1, total_batch + 1) if total_batch % (b * world_size) == 0})
         raise ValueError(f"train.total_batch={total_batch} is not a multiple of batch_size x world_size = "
-                         f"{batch_size} x {world_size}; pick train.batch_size from {ok} (or change total_batch)")
+                         f"{batch_size} x {world_size}; pick train.batch_size from {ok} "
+                         "(or change total_batch)")
     return total_batch // per_step
 
 
@@ -99,7 +103,7 @@ def all_reduce_mean(values: dict[str, float], env: DistEnv) -> dict[str, float]:
     keys = list(values)  # the same insertion order on every rank
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
-    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}
+    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def broadcast_error(error: BaseException | None, env: DistEnv) -> None:
@@ -117,6 +121,26 @@ def broadcast_error(error: BaseException | None, env: DistEnv) -> None:
     if failed:
         rank, msg = failed[0]
         raise RuntimeError(f"rank {rank} failed before training: {msg}")
+
+
+def on_every_rank(env: DistEnv, fn: Callable[..., T], *args) -> T:
+    """fn(*args) on every rank; if it raises on any rank, every rank raises (broadcast_error)."""
+    result, error = None, None
+    try:
+        result = fn(*args)
+    except Exception as e:  # noqa: BLE001 (re-raised on every rank)
+        error = e
+    broadcast_error(error, env)
+    return result
+
+
+def broadcast_from_main(obj: T, env: DistEnv) -> T:
+    """Rank 0's `obj` (a picklable value) on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_buffers(model: torch.nn.Module, env: DistEnv) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from denseclip.checkpoints import atomic_path
+
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA max allocated on GPU, max resident set size on CPU."""
@@ -74,7 +76,8 @@ class RunLogger:
             self._jsonl.write(json.dumps({"iter": it, "prefix": prefix, **clean}) + "\n")
             self._jsonl.flush()
         if self.bar is not None and prefix == "train":
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in clean.items() if k in ("loss", "lr")}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in clean.items() if k in ("loss", "lr")}
+            self.bar.set_postfix(shown, refresh=False)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -98,8 +101,5 @@ def write_json(path: Path, data: dict) -> None:
             return [clean(x) for x in v]
         return v
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False), "utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False), "utf-8")

@@ -1,8 +1,7 @@
 """The training loop every task shares; the task only says how a micro-batch becomes its losses.
 
     torch.manual_seed(init_seed(cfg.seed))                    # the same random init on every rank
-    run = start_training(build(...), cfg, env, work_dir, accumulation, resume_from, best={"mIoU": -1.0, ...},
-                         save_model=denseclip.save_checkpoint)
+    run = start_training(build(...), cfg, env, work_dir, resume_from, metric="mIoU")
     def step(batch):                                          # under autocast; the loop does backward
         images, labels = (t.to(env.device) for t in batch)
         return run.train_model(images, labels)                # {"loss": total, other terms for the log}
@@ -31,10 +30,12 @@ from typing import Any
 
 import torch
 
+from denseclip.checkpoints import save_checkpoint
+
 from .checkpoint import load_training_state, load_weights_into, rng_state, set_rng_state, write_checkpoint
-from .config import TrainConfig, dataclass_to_dict
-from .distributed import DistEnv, all_reduce_mean, barrier
-from .hub import headline, model_card, push_folder
+from .config import TrainConfig
+from .distributed import DistEnv, accumulation_steps, all_reduce_mean, barrier
+from .hub import recipe
 from .logger import RunLogger, peak_memory_mb, write_json
 from .optim import Amp, build_optimizer, set_lr
 from .sampling import step_seed
@@ -56,20 +57,20 @@ class TrainRun:
     amp: Amp
     log: RunLogger
     accumulation: int  # micro-steps per iteration on each process
-    save_model: Callable  # (model, folder, metadata) -> path: the task's checkpoint writer (best/, final/)
+    metric: str  # the validation number that picks work_dir/best ("mIoU", "bbox_AP")
     iteration: int = 0  # iterations done
     best: dict = field(default_factory=dict)  # {metric: value, "iteration": it}; keep_best updates it
     results: dict = field(default_factory=dict)  # the latest evaluation
     resumed_from: Path | None = None
 
 
-def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_dir: Path, accumulation: int,
-                   resume_from: Path | None, best: dict, save_model: Callable, progress: bool = True,
+def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_dir: Path,
+                   resume_from: Path | None, metric: str, progress: bool = True,
                    cudnn_benchmark: bool = True) -> TrainRun:
     """From a freshly built model to iteration 0 (or the checkpoint's iteration): determinism flags,
     the checkpoint's weights, device, memory format, SyncBN, AdamW groups, AMP, the checkpoint's
-    optimizer/scaler/RNG state, DDP, torch.compile, the logger. best: {metric: -1.0, "iteration": -1},
-    the metric keep_best tracks (a checkpoint's own best replaces it when resuming).
+    optimizer/scaler/RNG state, DDP, torch.compile, the logger. metric: the validation number keep_best
+    tracks (a checkpoint's own best is restored when resuming).
     cudnn_benchmark: False where input sizes vary (detection), where it would only slow things down."""
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -85,7 +86,7 @@ def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_
     model.train()
     optimizer = build_optimizer(model, cfg)
     amp = Amp(cfg.amp, env.device)
-    start_iter = 0
+    start_iter, best = 0, {metric: -1.0, "iteration": -1}
     if resume_from is not None:
         start_iter, best = _restore_state(resume_from, optimizer, amp, cfg, env)
     ddp = None
@@ -97,8 +98,9 @@ def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_
     if cfg.compile:
         train_model = torch.compile(train_model)
     log = RunLogger(work_dir, env, cfg.max_iters, start_iter, progress=progress)
+    accumulation = accumulation_steps(cfg.total_batch, cfg.batch_size, env.world_size)
     return TrainRun(cfg=cfg, env=env, work_dir=Path(work_dir), model=model, train_model=train_model, ddp=ddp,
-                    optimizer=optimizer, amp=amp, log=log, accumulation=accumulation, save_model=save_model,
+                    optimizer=optimizer, amp=amp, log=log, accumulation=accumulation, metric=metric,
                     iteration=start_iter, best=best, resumed_from=resume_from)
 
 
@@ -109,7 +111,8 @@ def _restore_state(folder: Path, optimizer, amp: Amp, cfg: TrainConfig, env: Dis
     amp.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     saved = state.get("train", {})
-    changed = [k for k in ("seed", "total_batch", "max_iters", "lr") if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [k for k in ("seed", "total_batch", "max_iters", "lr")
+               if k in saved and saved[k] != getattr(cfg, k)]
     if changed and env.is_main:
         print(f"warning: resuming with a different train.{', train.'.join(changed)} than the checkpoint's; "
               "the result will differ from an uninterrupted run", file=sys.stderr)
@@ -123,9 +126,31 @@ def _checkpoint(run: TrainRun) -> None:
         state = {"iteration": it, "optimizer": run.optimizer.state_dict(), "scaler": run.amp.state_dict(),
                  "rng": rng_state(), "best": run.best,
                  "sampler": {"next_iteration": it, "seed": cfg.seed, "total_batch": cfg.total_batch},
-                 "world_size": env.world_size, "accumulation": run.accumulation, "train": dataclass_to_dict(cfg)}
-        run.log.info(f"checkpoint {write_checkpoint(run.model, run.work_dir, it, state, cfg.keep_checkpoints)}")
+                 "world_size": env.world_size, "accumulation": run.accumulation, "train": cfg.to_dict()}
+        folder = write_checkpoint(run.model, run.work_dir, it, state, cfg.keep_checkpoints)
+        run.log.info(f"checkpoint {folder}")
     barrier(env)
+
+
+def _iteration(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses], window: dict) -> float | None:
+    """One optimizer step over run.accumulation micro-batches (their losses / accumulation added to
+    `window`); returns the gradient norm when clipping."""
+    cfg, env, ddp, accum, it = run.cfg, run.env, run.ddp, run.accumulation, run.iteration
+    for m in range(accum):
+        batch = next(batches)
+        torch.manual_seed(step_seed(cfg.seed, it, m * env.world_size + env.rank))  # dropout, drop path, RoIs
+        sync = ddp is None or m == accum - 1  # gradients are all-reduced on the last micro-step only
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with run.amp.autocast():
+                losses = step(batch)
+            run.amp.backward(losses["loss"] / accum)
+        for k, v in losses.items():
+            window[k] += v.detach().float() / accum
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    grad_norm = run.amp.step(run.optimizer, params, cfg.grad_clip)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.iteration = it + 1
+    return grad_norm
 
 
 def run_training(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses],
@@ -137,37 +162,25 @@ def run_training(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses]
     under autocast (every term is logged, averaged over the log window and the processes);
     evaluate(it) -> metrics, every cfg.eval_interval iterations (not at the last: finish_training does it).
     """
-    cfg, env, log, ddp, accum = run.cfg, run.env, run.log, run.ddp, run.accumulation
+    cfg, env, log = run.cfg, run.env, run.log
     if run.resumed_from is not None:
         log.info(f"resumed from {run.resumed_from} at iteration {run.iteration}")
     elif (run.work_dir / "checkpoints").is_dir() and any((run.work_dir / "checkpoints").glob("iter_*")):
-        log.info(f"warning: {run.work_dir}/checkpoints holds checkpoints of an earlier run; pass --resume to continue it")
-    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+        log.info(f"warning: {run.work_dir}/checkpoints holds checkpoints of an earlier run; "
+                 "pass --resume to continue it")
     window, n_window, t_window = defaultdict(float), 0, time.perf_counter()
     while run.iteration < cfg.max_iters:
+        lr = set_lr(run.optimizer, run.iteration, cfg)
+        grad_norm = _iteration(run, batches, step, window)
         it = run.iteration
-        lr = set_lr(run.optimizer, it, cfg)
-        for m in range(accum):
-            batch = next(batches)
-            torch.manual_seed(step_seed(cfg.seed, it, m * env.world_size + env.rank))  # dropout, drop path, RoIs
-            sync = ddp is None or m == accum - 1  # gradients are all-reduced on the last micro-step only
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                with run.amp.autocast():
-                    losses = step(batch)
-                run.amp.backward(losses["loss"] / accum)
-            for k, v in losses.items():
-                window[k] += v.detach().float() / accum
-        grad_norm = run.amp.step(run.optimizer, params, cfg.grad_clip)
-        run.optimizer.zero_grad(set_to_none=True)
-        it = run.iteration = it + 1
         n_window += 1
         log.advance()
 
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             values = all_reduce_mean({k: float(v) / n_window for k, v in window.items()}, env)
             if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at iteration {it}; lower train.lr, set (or "
-                                         "lower) train.grad_clip, or train without fp16 AMP")
+                raise FloatingPointError(f"loss is {values['loss']} at iteration {it}; lower train.lr, set "
+                                         "(or lower) train.grad_clip, or train without fp16 AMP")
             dt = time.perf_counter() - t_window
             values.update(lr=lr, images_per_s=cfg.total_batch * n_window / max(dt, 1e-9),
                           memory_mb=peak_memory_mb(env.device))
@@ -190,36 +203,49 @@ def run_training(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses]
     return False
 
 
-def keep_best(run: TrainRun, key: str, value: float, metrics: dict) -> None:
-    """Remember the best `key` so far; rank 0 saves that model to work_dir/best (+ metrics.json)."""
-    if value > run.best[key]:
-        run.best.update({key: value, "iteration": run.iteration})
+def keep_best(run: TrainRun, metrics: dict) -> None:
+    """Remember the best run.metric so far (NaN counts as -1); rank 0 saves that model to work_dir/best
+    (+ metrics.json)."""
+    value = float(metrics[run.metric]) if math.isfinite(metrics[run.metric]) else -1.0
+    if value > run.best[run.metric]:
+        run.best.update({run.metric: value, "iteration": run.iteration})
         if run.env.is_main:
             best = run.work_dir / "best"
-            run.save_model(run.model, best, {"iteration": run.iteration, key: value})
+            save_checkpoint(run.model, best, {"iteration": run.iteration, run.metric: value})
             write_json(best / "metrics.json", {"iteration": run.iteration, **metrics})
+
+
+def headline(metrics: dict, key: str) -> str:
+    """The validation number `key` as runs report it: mIoU with 2 decimals, box AP with 1 (as papers)."""
+    if key == "mIoU":
+        return f"mIoU {100 * metrics[key]:.2f}"
+    if key == "bbox_AP":
+        return f"box AP {100 * metrics[key]:.1f}"
+    return f"{key} {metrics[key]:.4g}"
 
 
 def finish_training(run: TrainRun, evaluate: Callable[[int], dict] | None = None,
                     push_to_hub: str | None = None) -> dict:
     """The final evaluation (cfg.eval_at_end), work_dir/final (weights, metrics.json when evaluated),
-    work_dir/metrics.json, the Hub upload with a model card. Returns {"iteration", "best", **metrics}."""
+    work_dir/metrics.json, the Hub upload (the model's own card: what it is, its validation numbers, the
+    recipe). Returns {"iteration", "best", **metrics}."""
     cfg, env, log, it = run.cfg, run.env, run.log, run.iteration
     if evaluate is not None and cfg.eval_at_end:
         run.results = evaluate(it)
     results = run.results
     if env.is_main:
         final = run.work_dir / "final"
-        run.save_model(run.model, final, {"iteration": it})
+        save_checkpoint(run.model, final, {"iteration": it})
         summary = {"iteration": it, "best": run.best, **results}
         write_json(run.work_dir / "metrics.json", summary)
         if results:
             write_json(final / "metrics.json", summary)
-        key = next(k for k in run.best if k != "iteration")  # the metric the best model is chosen by
-        log.info(f"final model: {final}" + (f"; {headline(results, key)}" if key in results else ""))
+        shown = f"; {headline(results, run.metric)}" if run.metric in results else ""
+        log.info(f"final model: {final}{shown}")
         if push_to_hub:
-            card = model_card(run.model.cfg, results, dataclass_to_dict(cfg), push_to_hub)
-            log.info(f"pushed to {push_folder(final, push_to_hub, card)}")
+            card = {"metrics": results, "repo_id": push_to_hub, "training": recipe(cfg)}
+            url = run.model.push_to_hub(push_to_hub, model_card_kwargs=card)
+            log.info(f"pushed to {url}")
     barrier(env)
     log.close()
     return {"iteration": it, "best": run.best, **results}

@@ -20,13 +20,14 @@ from .config import TrainConfig
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `model.param_groups` (backbone lr x backbone_lr_mult, frozen parts excluded,
-    no weight decay on norm parameters). Each group remembers its base lr as "initial_lr"."""
+    """AdamW over `model.param_groups` (the encoder, and an unfrozen text encoder, at lr x backbone_lr_mult;
+    frozen parts excluded; no weight decay on norm parameters). Each group remembers its base lr as
+    "initial_lr"."""
     if hasattr(model, "param_groups"):
-        groups = model.param_groups(cfg.lr, cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
-                                    text_encoder_lr_mult=cfg.text_encoder_lr_mult)
+        groups = model.param_groups(cfg.lr, cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult)
     else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr, "lr_mult": 1.0}]
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": cfg.lr, "lr_mult": 1.0}]
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters with a non-zero learning rate")
     for g in groups:

@@ -49,7 +49,8 @@ class InfiniteSampler(Sampler[int]):
                  start_iter: int = 0, max_iters: int | None = None):
         if total_batch % (batch_size * world_size):
             raise ValueError(f"total_batch {total_batch} is not a multiple of {batch_size} x {world_size}")
-        self.total_batch, self.batch_size, self.world_size, self.rank = total_batch, batch_size, world_size, rank
+        self.total_batch, self.batch_size = total_batch, batch_size
+        self.world_size, self.rank = world_size, rank
         self.accumulation = total_batch // (batch_size * world_size)
         self.start_iter, self.max_iters = start_iter, max_iters
 
@@ -105,7 +106,8 @@ def build_train_loader(dataset, transform: Callable, cfg, env, start_iter: int,
     collate_fn: how samples become a batch (default: stacked tensors, e.g. images (b, 3, c, c) and
     labels (b, c, c); detection passes one that keeps lists of differently sized images and targets).
     """
-    sampler = InfiniteSampler(cfg.total_batch, cfg.batch_size, env.world_size, env.rank, start_iter, cfg.max_iters)
+    sampler = InfiniteSampler(cfg.total_batch, cfg.batch_size, env.world_size, env.rank, start_iter,
+                              cfg.max_iters)
     stream = StreamDataset(dataset, transform, cfg.seed)
     return DataLoader(stream, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                       collate_fn=collate_fn, pin_memory=env.device.type == "cuda", drop_last=False,
