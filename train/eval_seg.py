@@ -69,8 +69,8 @@ def evaluate(cfg: dict, args, env) -> tuple[dict, str]:
         dataset.validate("fast" if data.validate == "none" else data.validate)
     model = denseclip.load_checkpoint(args.checkpoint, device=env.device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    results = denseclip.evaluate(model, dataset, test_config(model.cfg.test, args), rank=env.rank,
-                                 world_size=env.world_size, amp_dtype=amp, max_images=args.max_images,
+    results = denseclip.evaluate(model, dataset, test_config(model.cfg.test, args),
+                                 shard=(env.rank, env.world_size), amp_dtype=amp, max_images=args.max_images,
                                  workers=args.workers)
     results.update(dataset=dataset.name, split=split)
     return results, format_table(results)

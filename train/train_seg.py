@@ -65,8 +65,8 @@ class SegTask(Task):
     def evaluate(self, run: TrainRun) -> dict:
         """mIoU & co. on the validation set, the images split over the ranks."""
         cfg, env = run.cfg, run.env
-        return denseclip.evaluate(run.model, self.val_set, run.model.cfg.test, rank=env.rank,
-                                  world_size=env.world_size, amp_dtype=run.amp.dtype,
+        return denseclip.evaluate(run.model, self.val_set, run.model.cfg.test,
+                                  shard=(env.rank, env.world_size), amp_dtype=run.amp.dtype,
                                   max_images=cfg.eval_max_images, workers=min(cfg.workers, 2), progress=False)
 
 
