@@ -205,7 +205,8 @@ class ModelConfig(Config):
         """Fields, or {"preset": name, **changes}: a registered preset with changes merged in."""
         if isinstance(data, Mapping) and "preset" in data:
             data = dict(data)
-            return resolve(data.pop("preset"), cls, **data)
+            base = resolve(data.pop("preset"), cls)
+            data = merge(base.to_dict(), data)
         return super().from_dict(data, where)
 
 

@@ -79,6 +79,8 @@ def test_presets_in_yaml_with_changes(tmp_path):
     assert det.detector == "maskrcnn" and det.min_size == 64
     with pytest.raises(TypeError, match="build_detector"):
         DenseCLIPConfig.from_dict({"preset": "denseclip-retinanet-tiny"})
+    with pytest.raises(KeyError, match=r"unknown model field\(s\) \['num_contexts'\]"):
+        DenseCLIPConfig.from_dict({"preset": "denseclip-tiny-rn", "num_contexts": 4}, "model")
 
 
 def test_one_registry_for_both_tasks():
