@@ -213,8 +213,13 @@ def test_checkpoints_atomic_latest_and_pruning(tmp_path):
     assert find_latest(ckpts).name == "iter_0000006"
     (ckpts / "latest.txt").unlink()
     assert resolve_resume("auto", tmp_path).name == "iter_0000006"
+    assert resolve_resume("latest", tmp_path).name == "iter_0000006"
     assert resolve_resume(str(tmp_path), tmp_path / "x").name == "iter_0000006"
     assert resolve_resume(None, tmp_path) is None
+    typo = tmp_path / "typo"  # --resume in a work dir without checkpoints: refused, naming where it looked
+    with pytest.raises(FileNotFoundError, match=r"typo/checkpoints.*--resume auto"):
+        resolve_resume("latest", typo)
+    assert resolve_resume("auto", typo) is None  # explicitly allowed to start fresh
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         resolve_resume(str(tmp_path / "empty"), tmp_path)
     state = load_training_state(ckpts / "iter_0000006")  # weights_only=True
@@ -368,3 +373,31 @@ def test_script_runs_as_a_module():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "python -m train.train_det" in r.stdout and "--push-to-hub REPO" in r.stdout
+
+
+def test_batchnorm_replay_equals_sequential_micro_batches(tmp_path):
+    """Replaying recorded micro-batch statistics gives the running statistics of running them in order."""
+    import torch.distributed as dist
+
+    from train.engine.bn_stats import BatchNormReplay
+
+    torch.manual_seed(0)
+    ref, model = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    batches = [torch.randn(2, 3, 5, 4) * 3 + 1 for _ in range(3)]
+    for x in batches:
+        ref(x)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        replay = BatchNormReplay(model, world_size=1)
+        replay.begin()
+        for x in batches:
+            model(x)
+        model.running_mean.zero_()  # whatever the forwards did, the replay decides
+        replay.finish()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(model.running_mean, ref.running_mean)
+    torch.testing.assert_close(model.running_var, ref.running_var)
+    assert int(model.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    with pytest.raises(ValueError, match="pick one"):
+        TrainConfig(bn_stats="all", sync_bn=True)

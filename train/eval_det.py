@@ -1,4 +1,4 @@
-"""Evaluate a DenseCLIP detector with COCOeval: box AP (and mask AP for Mask R-CNN), written to metrics.json.
+"""Evaluate a DenseCLIP detector with COCOeval: box AP (and mask AP for Mask R-CNN) -> eval_metrics.json.
 From the repository root:
 
     python -m train.eval_det --checkpoint work_dirs/ret50/final \

@@ -1,4 +1,4 @@
-"""Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to metrics.json.
+"""Evaluate a DenseCLIP checkpoint: mIoU / mAcc / aAcc and per-class IoU, written to eval_metrics.json.
 From the repository root:
 
     python -m train.eval_seg --checkpoint work_dirs/rn50/final \

@@ -82,12 +82,18 @@ def find_latest(ckpt_dir: Path) -> Path | None:
 
 
 def resolve_resume(resume: str | None, work_dir: Path) -> Path | None:
-    """--resume auto -> the latest checkpoint in work_dir/checkpoints (None if there is none);
-    --resume PATH -> that checkpoint folder (or a work dir, whose latest checkpoint is used)."""
+    """--resume (no value, "latest") -> the latest checkpoint in work_dir/checkpoints, which must exist;
+    --resume auto -> that checkpoint if there is one, else a fresh start (for job schedulers that restart
+    the same command); --resume PATH -> that checkpoint folder (or a work dir: its latest checkpoint)."""
     if not resume:
         return None
-    if resume == "auto":
-        return find_latest(Path(work_dir) / "checkpoints")
+    if resume in ("latest", "auto"):
+        found = find_latest(Path(work_dir) / "checkpoints")
+        if found is None and resume == "latest":
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {Path(work_dir) / 'checkpoints'}; "
+                                    "check --work-dir, give a checkpoint folder (--resume PATH), or pass "
+                                    "--resume auto to start fresh when there is none")
+        return found
     path = Path(resume)
     if path.is_dir() and is_complete(path):
         return path

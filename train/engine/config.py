@@ -50,6 +50,9 @@ class TrainConfig(Config):
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 uses a GradScaler)
     grad_clip: float | None = None  # max gradient L2 norm, None = off
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm (multi-GPU only)
+    # BatchNorm running statistics under DDP: "rank0" (DDP's: rank 0's micro-batches only) or "all" (every
+    # micro-batch of every rank, replayed in order: the same as one process with gradient accumulation)
+    bn_stats: str = "rank0"
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     checkpoint_interval: int = 8000  # iterations; a checkpoint is also written at the end
@@ -66,6 +69,11 @@ class TrainConfig(Config):
     def __post_init__(self):
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"train.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.bn_stats not in ("rank0", "all"):
+            raise ValueError(f"train.bn_stats must be 'rank0' or 'all', got {self.bn_stats!r}")
+        if self.bn_stats == "all" and self.sync_bn:
+            raise ValueError("train.bn_stats: all and train.sync_bn both decide the BatchNorm statistics; "
+                             "pick one")
         if self.schedule not in ("poly", "step", "constant"):
             raise ValueError(f"train.schedule must be 'poly', 'step' or 'constant', got {self.schedule!r}")
         for key in ("max_iters", "total_batch", "batch_size", "checkpoint_interval", "log_interval"):

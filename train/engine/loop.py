@@ -32,6 +32,7 @@ import torch
 
 from denseclip.checkpoints import save_checkpoint
 
+from .bn_stats import BatchNormReplay
 from .checkpoint import load_training_state, load_weights_into, rng_state, set_rng_state, write_checkpoint
 from .config import TrainConfig
 from .distributed import DistEnv, accumulation_steps, all_reduce_mean, barrier
@@ -62,6 +63,7 @@ class TrainRun:
     best: dict = field(default_factory=dict)  # {metric: value, "iteration": it}; keep_best updates it
     results: dict = field(default_factory=dict)  # the latest evaluation
     resumed_from: Path | None = None
+    bn_replay: BatchNormReplay | None = None  # train.bn_stats: all, under DDP
 
 
 def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_dir: Path,
@@ -99,9 +101,10 @@ def start_training(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv, work_
         train_model = torch.compile(train_model)
     log = RunLogger(work_dir, env, cfg.max_iters, start_iter, progress=progress)
     accumulation = accumulation_steps(cfg.total_batch, cfg.batch_size, env.world_size)
+    replay = BatchNormReplay(model, env.world_size) if cfg.bn_stats == "all" and env.distributed else None
     return TrainRun(cfg=cfg, env=env, work_dir=Path(work_dir), model=model, train_model=train_model, ddp=ddp,
                     optimizer=optimizer, amp=amp, log=log, accumulation=accumulation, metric=metric,
-                    iteration=start_iter, best=best, resumed_from=resume_from)
+                    iteration=start_iter, best=best, resumed_from=resume_from, bn_replay=replay)
 
 
 def _restore_state(folder: Path, optimizer, amp: Amp, cfg: TrainConfig, env: DistEnv) -> tuple[int, dict]:
@@ -136,6 +139,8 @@ def _iteration(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses], 
     """One optimizer step over run.accumulation micro-batches (their losses / accumulation added to
     `window`); returns the gradient norm when clipping."""
     cfg, env, ddp, accum, it = run.cfg, run.env, run.ddp, run.accumulation, run.iteration
+    if run.bn_replay is not None:
+        run.bn_replay.begin()
     for m in range(accum):
         batch = next(batches)
         torch.manual_seed(step_seed(cfg.seed, it, m * env.world_size + env.rank))  # dropout, drop path, RoIs
@@ -146,6 +151,8 @@ def _iteration(run: TrainRun, batches: Iterator, step: Callable[[Any], Losses], 
             run.amp.backward(losses["loss"] / accum)
         for k, v in losses.items():
             window[k] += v.detach().float() / accum
+    if run.bn_replay is not None:
+        run.bn_replay.finish()
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     grad_norm = run.amp.step(run.optimizer, params, cfg.grad_clip)
     run.optimizer.zero_grad(set_to_none=True)
