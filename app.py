@@ -7,7 +7,7 @@
 
 This file is also the Hugging Face Space's `app_file`. It only does UI work (layout, events, messages):
 checking requests, models, image decoding, predicting, drawing and the downloads all come from
-`denseclip.serving` (which, like the rest of `denseclip`, never imports gradio).
+the package `webapp/` beside this file (which, like the library `denseclip`, never imports gradio).
 
 What a web user can and cannot make the server do (the operator decides the rest on the command line):
 - Models: pick one from the list, or type a Hugging Face Hub repo id ("user/repo", a DenseCLIP
@@ -39,7 +39,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from denseclip.serving import (  # noqa: F401  (MAX_*, TINY_*, parse_class_names: part of app's interface)
+from denseclip.vocab import ADE20K_CLASSES, COCO_STUFF_CLASSES, PASCAL_VOC_CLASSES
+from webapp import (  # noqa: F401  (MAX_*, TINY_*, parse_class_names: part of app's interface)
     MAX_CLASSES,
     MAX_GALLERY,
     MAX_PIXELS,
@@ -58,8 +59,7 @@ from denseclip.serving import (  # noqa: F401  (MAX_*, TINY_*, parse_class_names
     render,
     weights_help,
 )
-from denseclip.serving import segment as run_request
-from denseclip.vocab import ADE20K_CLASSES, COCO_STUFF_CLASSES, PASCAL_VOC_CLASSES
+from webapp import segment as run_request
 
 log = logging.getLogger("denseclip.app")
 HERE = Path(__file__).resolve().parent
@@ -86,40 +86,27 @@ def _env_flag(name: str, default: bool = False) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- image input
-def _image_input_class() -> type[gr.Image]:
+class ImageInput(gr.Image):
     """gr.Image whose value reaches the app as the uploaded file's path, *undecoded*.
 
     gr.Image(type="filepath") opens every upload with PIL first, so a non-image or an oversized file
     fails inside Gradio with an unhelpful message (a 20000x20000 JPEG is refused as a decompression bomb
     before the app could decode it at a reduced size). Here the app checks the header and decodes through
     denseclip's load_image (clear errors, bounded size). A subclass rather than a patched instance: Gradio
-    re-creates components from their class (e.g. when an example fills them).
+    re-creates components from their class (e.g. when an example fills them). Gradio writes a type stub
+    for it, app.pyi, next to this file (git-ignored).
     """
-    import gradio.component_meta as meta
 
-    # Gradio writes a type stub (app.pyi, a copy of this file) next to any module defining a component;
-    # we do not want that file in the source tree, so skip it while the class is created.
-    stub_writer = getattr(meta, "create_or_modify_pyi", None)
-    meta.create_or_modify_pyi = lambda *args, **kwargs: None
-    try:
-        class ImageInput(gr.Image):
-            is_template = True  # the frontend of gr.Image (Gradio looks components up by the base class name)
+    is_template = True  # the frontend of gr.Image (Gradio looks components up by the base class name)
 
-            def preprocess(self, payload):
-                if payload is None:
-                    return None
-                if payload.url and payload.url.startswith("data:"):  # pasted / API base64 images
-                    return _data_url_to_file(payload.url, self.GRADIO_CACHE)
-                if payload.path is None:
-                    raise gr.Error("The image did not arrive; upload it again.")
-                return str(payload.path)
-    finally:
-        if stub_writer is not None:
-            meta.create_or_modify_pyi = stub_writer
-    return ImageInput
-
-
-ImageInput = _image_input_class()
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):  # pasted / API base64 images
+            return _data_url_to_file(payload.url, self.GRADIO_CACHE)
+        if payload.path is None:
+            raise gr.Error("The image did not arrive; upload it again.")
+        return str(payload.path)
 
 
 def _data_url_to_file(url: str, cache_dir: str, max_bytes: int = 64 << 20) -> str:

@@ -59,17 +59,7 @@ def one_thread():
 
 
 def load_app():
-    """app.py as the module `app` (the repo root is not necessarily on sys.path)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """app.py as the module `app` (the repo root is on sys.path through pytest's pythonpath setting)."""
+    import app
 
-    root = Path(__file__).resolve().parents[1]
-    mod = sys.modules.get("app")
-    if mod is not None and Path(mod.__file__).resolve() == root / "app.py":
-        return mod
-    spec = importlib.util.spec_from_file_location("app", root / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return app

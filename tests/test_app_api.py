@@ -491,6 +491,3 @@ def test_env_selects_the_tiny_models(monkeypatch):
     monkeypatch.setenv("DENSECLIP_TINY", "0")
     assert app.build_app(preload=False).registry.labels[0] == "Zero-shot CLIP RN50 (OpenAI)"
 
-
-def test_no_type_stub_is_written_next_to_app_py():
-    assert not (ROOT / "app.pyi").exists()  # Gradio writes one for component subclasses unless told not to

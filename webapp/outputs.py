@@ -25,9 +25,9 @@ import numpy as np
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import viz
-from ..render import BACKGROUND
-from ..vocab import ADE20K_CLASSES, clean_class_names
+from denseclip import viz
+from denseclip.render import BACKGROUND
+from denseclip.vocab import ADE20K_CLASSES, clean_class_names
 
 if TYPE_CHECKING:
     from .pipeline import Prediction, Segmentation

@@ -1,9 +1,11 @@
-"""Serving DenseCLIP to untrusted users (the Gradio app's logic, without Gradio).
+"""The web app's logic, beside app.py and without Gradio: serving DenseCLIP to untrusted users.
 
-    from denseclip import serving
-    registry = serving.ModelRegistry(serving.default_specs(tiny=True), checkpoint_dir="ckpts")
-    seg = serving.segment(registry, "upload.jpg", "sky, tree, person")   # UserError: show its message
-    out = serving.render(seg, serving.OutputFolders().new())              # gallery, chart, PNG, JSON
+    import webapp
+    registry = webapp.ModelRegistry(webapp.default_specs(tiny=True), checkpoint_dir="ckpts")
+    seg = webapp.segment(registry, "upload.jpg", "sky, tree, person")   # UserError: show its message
+    out = webapp.render(seg, webapp.OutputFolders().new())              # gallery, chart, PNG, JSON
+
+- image_guard.py  an untrusted image file's header: refuse before decoding
 
 - inputs.py    the class-name box and uploaded images: limits, cleaning, header checks, safe decoding
 - models.py    the model list, what a web user may name (no server paths), a small LRU cache of models

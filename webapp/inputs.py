@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.image_guard import ImageFileError, check_image_file
-from ..data.transforms import load_image
-from ..vocab import clean_class_names
+from denseclip.data.transforms import load_image
+from denseclip.vocab import clean_class_names
+
+from .image_guard import ImageFileError, check_image_file
 
 MAX_SIDE = 1024  # decoded images are downscaled to this long side (outputs are at this size)
 MAX_PIXELS = 50_000_000  # non-JPEG images above this are refused from their header (full decode needed)

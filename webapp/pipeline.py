@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..inference import predict
-from ..vocab import get_templates
-from ..weights import WeightsUnavailableError
+from denseclip.inference import predict
+from denseclip.vocab import get_templates
+from denseclip.weights import WeightsUnavailableError
+
 from .inputs import MAX_PIXELS, MAX_SIDE, UserError, parse_class_names, read_image
 from .models import ModelRegistry, ModelSpec, weights_help
 from .outputs import GALLERY_SIDE

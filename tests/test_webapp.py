@@ -1,4 +1,4 @@
-"""denseclip.serving and data.image_guard directly (no Gradio, no server): the app's logic.
+"""webapp (the app's logic beside app.py) directly, without Gradio or a server.
 
 What a web user may name as a model, the model cache, the class-box limits, header-based refusal of
 images, DenseCLIP's subset-of-classes renormalisation, and the files a request writes.
@@ -20,12 +20,11 @@ import torch
 from PIL import Image
 
 import denseclip
-from denseclip import serving
-from denseclip.data import image_guard
+import webapp as serving
 from denseclip.data.transforms import MAX_DECODE_PIXELS
-from denseclip.serving import ModelRegistry, ModelSpec, UserError
-from denseclip.serving import inputs as serving_inputs
 from denseclip.vocab import ADE20K_CLASSES, clean_class_names
+from webapp import ModelRegistry, ModelSpec, UserError, image_guard
+from webapp import inputs as serving_inputs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "city_street.jpg"
 
@@ -43,8 +42,8 @@ def rgb_image(h=48, w=64, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def test_library_does_not_import_gradio():
-    code = "import sys, denseclip.serving, denseclip.data.image_guard; assert 'gradio' not in sys.modules"
+def test_webapp_and_the_library_do_not_import_gradio():
+    code = "import sys, denseclip, webapp, webapp.image_guard; assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -4,7 +4,7 @@
 decoded in full before it can be made smaller, so a 20000x20000 PNG costs 1.2 GB however small the
 result. A server that decodes uploads reads the header first:
 
-    from denseclip.data.image_guard import check_image_file
+    from webapp.image_guard import check_image_file
     fmt, (w, h) = check_image_file(path, max_pixels=50_000_000)   # raises ImageFileError, says why
     rgb = load_image(path, max_side=1024)
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .transforms import MAX_DECODE_PIXELS, decode_limits
+from denseclip.data.transforms import MAX_DECODE_PIXELS, decode_limits
 
 __all__ = ["ImageFileError", "image_header", "check_image_file", "DOWNSCALED_ON_DECODE"]
 

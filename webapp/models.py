@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..weights import CHECKPOINT_NAME, WeightsUnavailableError, download_checkpoint
+from denseclip.weights import CHECKPOINT_NAME, WeightsUnavailableError, download_checkpoint
+
 from .inputs import UserError
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,12 @@ class ModelRegistry:
             return model
 
     def _load(self, spec: ModelSpec) -> torch.nn.Module:
-        from .. import build_model, create_clip, load_checkpoint
+        from denseclip import build_model, create_clip, load_checkpoint
 
         t0 = time.perf_counter()
         if spec.kind == "zeroshot" and spec.source == "tiny":
-            from ..config import TINY_VIT_ARCH
-            from ..zeroshot import ZeroShotSegmenter
+            from denseclip.config import TINY_VIT_ARCH
+            from denseclip.zeroshot import ZeroShotSegmenter
 
             # the same random model every start (stable screenshots); a tiny random ViT's maps vary more
             # across the image than a tiny random ResNet's, so the UI shows several classes
@@ -174,7 +175,7 @@ class ModelRegistry:
                 clip = create_clip("tiny", None, arch=TINY_VIT_ARCH)
             model = ZeroShotSegmenter(clip, "tiny", is_random=True, size=224).to(self.device)
         elif spec.kind == "zeroshot":
-            from ..zeroshot import ZeroShotSegmenter
+            from denseclip.zeroshot import ZeroShotSegmenter
 
             model = ZeroShotSegmenter.from_pretrained(spec.source, pretrained="openai", device=self.device)
         elif spec.source == "tiny":
