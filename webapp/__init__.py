@@ -1,71 +1,37 @@
-"""The web app's logic, beside app.py and without Gradio: serving DenseCLIP to untrusted users.
+"""The web app's logic, without Gradio (app.py is the UI): uploads, limits, the model list, one request,
+the files it writes, and the messages visitors read.
 
-    import webapp
-    registry = webapp.ModelRegistry(webapp.default_specs(tiny=True), checkpoint_dir="ckpts")
-    seg = webapp.segment(registry, "upload.jpg", "sky, tree, person")   # UserError: show its message
-    out = webapp.render(seg, webapp.OutputFolders().new())              # gallery, chart, PNG, JSON
+    from webapp import ModelRegistry, OutputFolders, default_specs, render, segment
+    registry = ModelRegistry(default_specs(tiny=True))
+    seg = segment(registry, "upload.jpg", "sky, tree, person")   # UserError: show its message
+    out = render(seg, OutputFolders().new())                      # picture, score maps, label map, JSON
 
-- image_guard.py  an untrusted image file's header: refuse before decoding
-
-- inputs.py    the class-name box and uploaded images: limits, cleaning, header checks, safe decoding
-- models.py    the model list, what a web user may name (no server paths), a small LRU cache of models
-- pipeline.py  one request: checks, model, zero-shot or DenseCLIP prediction (a subset of its classes)
-- outputs.py   colours, mask layers, score-map gallery, coverage chart, label-map PNG, per-class JSON
+- errors.py     UserError (a refused request, in the visitor's terms) and Note (a remark on a result)
+- images.py     an upload's header read without decoding; refusal of what will not be decoded; decoding
+- classes.py    the class box: separators, limits, presets spelled as words, checkpoint class matching
+- catalog.py    the offered models (ZERO_SHOT_MODELS: one list), the tiny test models, Hub weight files
+- hub.py        Hub checkpoints named by visitors: operator allow-list, size cap before download
+- models.py     what a visitor may name, per-model load locks, availability, a small LRU of models
+- pipeline.py   one request: checks, model, zero-shot or DenseCLIP prediction
+- drawing.py    colours and class names on the picture
+- scoremaps.py  score maps over a faint photo, one colour scale, a colour bar with its unit
+- outputs.py    the request's own folder: picture, score maps, label map, JSON
+- results.py    a finished result reopened: recolour, any class's map, what is at a pixel, legend rows
+- page.py       what the page says: operator banner, status line, legend HTML, escaping, CSS and scripts
 """
 
-from .inputs import (
-    MAX_CLASSES,
-    MAX_NAME_CHARS,
-    MAX_PIXELS,
-    MAX_SIDE,
-    MAX_TEXT_CHARS,
-    UserError,
-    parse_class_names,
-    preset_text,
-    read_image,
-)
-from .models import (
-    TINY_DC,
-    TINY_ZS,
-    ZERO_SHOT_MODELS,
-    ModelRegistry,
-    ModelSpec,
-    default_specs,
-    hub_checkpoint_file,
-    weights_help,
-)
-from .outputs import (
-    MAX_GALLERY,
-    MAX_LEGEND,
-    ClassStats,
-    OutputFolders,
-    Rendered,
-    class_palette,
-    class_stats,
-    coverage_image,
-    label_map_image,
-    mask_layers,
-    render,
-    score_gallery,
-)
-from .pipeline import (
-    TEMPLATE_CHOICES,
-    Prediction,
-    Segmentation,
-    load_model,
-    match_classes,
-    run_denseclip,
-    run_zeroshot,
-    segment,
-)
+from .catalog import TINY_DC, TINY_ZS, ZERO_SHOT_MODELS, ModelSpec, ZeroShotModel, default_specs
+from .classes import MAX_CLASSES, MAX_TEXT_CHARS, PRESETS, parse_class_names, preset_text
+from .errors import Note, UserError
+from .hub import HubAccess
+from .images import MAX_PIXELS, MAX_SIDE, describe_upload
+from .models import ModelRegistry
+from .outputs import MAX_GALLERY, OutputFolders, Rendered, render
+from .pipeline import TEMPLATE_CHOICES, UNMATCHED_CHOICES, Limits, Options, segment
 
 __all__ = [
-    "MAX_CLASSES", "MAX_NAME_CHARS", "MAX_PIXELS", "MAX_SIDE", "MAX_TEXT_CHARS",
-    "UserError", "parse_class_names", "preset_text", "read_image",
-    "TINY_DC", "TINY_ZS", "ZERO_SHOT_MODELS", "ModelRegistry", "ModelSpec", "default_specs",
-    "hub_checkpoint_file", "weights_help",
-    "MAX_GALLERY", "MAX_LEGEND", "ClassStats", "OutputFolders", "Rendered", "class_palette", "class_stats",
-    "coverage_image", "label_map_image", "mask_layers", "render", "score_gallery",
-    "TEMPLATE_CHOICES", "Prediction", "Segmentation", "load_model", "match_classes", "run_denseclip",
-    "run_zeroshot", "segment",
+    "TINY_DC", "TINY_ZS", "ZERO_SHOT_MODELS", "ModelSpec", "ZeroShotModel", "default_specs",
+    "MAX_CLASSES", "MAX_TEXT_CHARS", "PRESETS", "parse_class_names", "preset_text", "Note", "UserError",
+    "HubAccess", "MAX_PIXELS", "MAX_SIDE", "describe_upload", "ModelRegistry", "MAX_GALLERY", "OutputFolders",
+    "Rendered", "render", "TEMPLATE_CHOICES", "UNMATCHED_CHOICES", "Limits", "Options", "segment",
 ]

@@ -1,30 +1,30 @@
-"""One request, start to end: check the inputs, load the model, predict; a zero-shot CLIP or a checkpoint.
+"""One request, start to end: check the inputs, load the model, predict (zero-shot or a DenseCLIP checkpoint).
 
-    seg = segment(registry, "photo.jpg", "sky, tree, person")   # raises UserError with a message to show
-    seg.pred.labels (H, W), seg.pred.maps (K, h, w), seg.notes
+    seg = segment(registry, "photo.jpg", "sky, tree, person", Options(unmatched="threshold"))
+    seg.pred.labels (H, W), seg.pred.maps (K, h, w), seg.notes       # UserError: show its message
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-import traceback
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from denseclip.inference import predict
 from denseclip.vocab import get_templates
-from denseclip.weights import WeightsUnavailableError
 
-from .inputs import MAX_PIXELS, MAX_SIDE, UserError, parse_class_names, read_image
-from .models import ModelRegistry, ModelSpec, weights_help
-from .outputs import GALLERY_SIDE
+from .catalog import ModelSpec
+from .classes import match_classes, parse_class_names
+from .errors import Note, UserError
+from .images import MAX_PIXELS, MAX_SIDE, read_image
+from .models import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -34,158 +34,198 @@ TEMPLATE_CHOICES = {
     "simple": "simple (7 scene prompts)",
     "imagenet": "imagenet (CLIP's 80 prompts, slow)",
 }
+UNMATCHED_CHOICES = {
+    "closest": "get the closest name",
+    "background": "stay unlabelled: add a 'background' class",
+    "threshold": "stay unlabelled below a score",
+}
+BACKGROUND_NAME = "background"
 AUTO_TEMPLATE_LIMIT = 40  # "auto" templates: 7 prompts a class up to this many classes, then 1
 MAX_PROMPTS = 6000  # class names x templates encoded in one request (CLIP's text tower is slow on CPU)
-MAX_OUTPUT_ELEMENTS = 1 << 23  # bound on K*h*w of the zero-shot score maps kept for drawing
+MAX_MAP_ELEMENTS = 1 << 23  # bound on K*h*w of the score maps kept for drawing and reading
+MAP_SIDE = 384  # score maps are drawn about this large: computed at about this size
+COMPUTE = threading.Lock()  # one prediction at a time: the cores are shared, text caches are not thread-safe
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a visitor chooses besides the image and the names."""
+
+    model: str | None = None  # a list label, a checkpoint name, or an allowed Hub repo id
+    opacity: float = 0.5
+    templates: str = "auto"
+    unmatched: str = "closest"  # see UNMATCHED_CHOICES (zero-shot models only)
+    threshold: float = 0.2  # cosine similarity below which a pixel stays unlabelled ("threshold")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the operator allows per request."""
+
+    max_side: int = MAX_SIDE
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
 class Prediction:
-    labels: np.ndarray  # (H, W) int64 class index into names; BACKGROUND (-1) = unlabelled
-    maps: torch.Tensor  # (K, h, w) float32: cosine scores (zero-shot) or probabilities (DenseCLIP)
+    labels: np.ndarray  # (H, W) int64 index into names; UNLABELLED (-1) = matches no name
+    maps: torch.Tensor  # (K, h, w) float32: cosine similarities (zero-shot) or probabilities (DenseCLIP)
     names: tuple[str, ...]
-    map_kind: str
+    unit: str  # "cosine similarity" | "probability"
     timing: dict
     info: dict
 
 
 @dataclass
 class Segmentation:
-    """A finished request: the prediction, the decoded image and what the JSON / status line report."""
+    """A finished request: the prediction, the decoded image and what the results report."""
 
     pred: Prediction
-    rgb: np.ndarray  # (H, W, 3) uint8, the image as decoded (labels are at this size)
-    image_info: dict  # read_image's facts about the file
+    rgb: np.ndarray  # (H, W, 3) uint8 as decoded (labels are at this size)
+    image_info: dict  # read_image's facts about the upload
     spec: ModelSpec
-    opacity: float
-    notes: list[str]  # for the person: merged duplicates, downscaling, ignored classes, truncated names
-    load_seconds: float
-    started: float  # time.perf_counter() when the request began
+    options: Options
+    notes: list[Note] = field(default_factory=list)
+    load_seconds: float = 0.0
+    started: float = 0.0  # time.perf_counter() when the request began
 
 
-def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], templates: str) -> Prediction:
+def check_options(options: Options) -> None:
+    if options.templates not in TEMPLATE_CHOICES:
+        raise UserError(f"templates must be one of {', '.join(TEMPLATE_CHOICES)}, "
+                        f"not '{options.templates}'.")
+    if options.unmatched not in UNMATCHED_CHOICES:
+        raise UserError(f"unmatched must be one of {', '.join(UNMATCHED_CHOICES)}, "
+                        f"not '{options.unmatched}'.")
+    for name, value, lo, hi in (("opacity", options.opacity, 0, 1), ("threshold", options.threshold, -1, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+            raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
+
+
+def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Options
+                 ) -> tuple[Prediction, list[Note]]:
     """A ZeroShotSegmenter on one image; "auto" templates = "simple" up to AUTO_TEMPLATE_LIMIT classes."""
+    notes = []
+    templates = options.templates
     if templates == "auto":
         templates = "simple" if len(names) <= AUTO_TEMPLATE_LIMIT else "single"
-    prompts = len(get_templates(templates)) * len(names)
-    if prompts > MAX_PROMPTS:
-        raise UserError(f"{len(names)} classes x {len(get_templates(templates))} '{templates}' prompts = {prompts:,} "
-                        f"texts to encode (the limit is {MAX_PROMPTS:,}); choose the 'single' or 'simple' prompt "
-                        "templates (Advanced), or fewer classes.")
-    # labels at the image size; score maps only as large as the gallery draws them (fast on CPU)
-    r = model.predict(rgb, list(names), templates=templates,
-                      max_output_elements=min(MAX_OUTPUT_ELEMENTS, len(names) * GALLERY_SIDE ** 2))
+    background = None
+    if options.unmatched == "threshold":
+        background = float(options.threshold)
+    elif options.unmatched == "background":
+        if BACKGROUND_NAME in (n.casefold() for n in names):
+            notes.append(Note(f"'{BACKGROUND_NAME}' is one of your names, so it is labelled like the "
+                              "others."))
+        else:
+            background = BACKGROUND_NAME
+    n_prompts = len(get_templates(templates)) * (len(names) + (background == BACKGROUND_NAME))
+    if n_prompts > MAX_PROMPTS:
+        raise UserError(f"{len(names)} class names with the '{templates}' prompts make {n_prompts:,} texts "
+                        f"to encode (the limit is {MAX_PROMPTS:,}): choose the 'single' or 'simple' prompts "
+                        "(Advanced), or fewer names.")
+    r = model.predict(rgb, list(names), templates=templates, background=background,
+                      max_output_elements=min(MAX_MAP_ELEMENTS, len(names) * MAP_SIDE ** 2))
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
-            if k in ("model", "dense_mode", "working_size", "templates")}
+            if k in ("model", "dense_mode", "working_size", "templates", "background")}
     info["template_set"] = templates
-    return Prediction(r.labels.numpy(), r.scores, tuple(r.class_names), "cosine similarity",
+    pred = Prediction(r.labels.numpy(), r.scores, tuple(r.class_names), "cosine similarity",
                       {k: round(v, 4) for k, v in r.timing.items()}, info)
+    return pred, notes
 
 
-def match_classes(model_names: Sequence[str], names: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Indices into model_names of the typed names (case-insensitive; first match), and the unknown names."""
-    index = {" ".join(n.split()).casefold(): i for i, n in reversed(list(enumerate(model_names)))}
-    idx, unknown = [], []
-    for n in names:
-        i = index.get(n.casefold())
-        (unknown.append(n) if i is None else idx.append(i))
-    return idx, unknown
+def run_denseclip(model, rgb: np.ndarray, names: tuple[str, ...]) -> tuple[Prediction, list[Note]]:
+    """A DenseCLIP checkpoint predicts its own classes; typed names choose a subset (argmax over those),
+    whose probabilities are renormalised to sum to 1 (a softmax over those classes only)."""
+    from denseclip import predict
 
-
-def run_denseclip(model, rgb: np.ndarray, names: tuple[str, ...]) -> tuple[Prediction, list[str]]:
-    """A DenseCLIP checkpoint predicts its own classes; typed names choose a subset (argmax over those).
-
-    The probabilities of the chosen classes are renormalised to sum to 1 (a softmax over those only).
-    """
     notes = []
     model_names = tuple(" ".join(n.split()) for n in model.cfg.class_names)
     if names:
         idx, unknown = match_classes(model_names, names)
         if not idx:
-            raise UserError(f"None of the class names is a class of this checkpoint, which predicts a fixed set of "
-                            f"{len(model_names)} classes (e.g. {', '.join(model_names[:8])}). Type some of those, "
-                            "or leave the box empty to use all of them.")
+            raise UserError(f"None of these names is a class of this checkpoint, which knows "
+                            f"{len(model_names)} classes (e.g. {', '.join(model_names[:8])}). Type some of "
+                            "those, or leave the box empty to use all of them.")
         if unknown:
-            notes.append(f"Not classes of this checkpoint, ignored: {', '.join(repr(u) for u in unknown[:10])}"
-                         f"{' ...' if len(unknown) > 10 else ''}. A DenseCLIP checkpoint only predicts its "
-                         f"{len(model_names)} training classes.")
+            listed = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            notes.append(Note(f"Not classes of this checkpoint, left out: {listed}.", loud=True))
     else:
         idx = list(range(len(model_names)))
-        notes.append(f"No class names typed: using all {len(model_names)} classes of the checkpoint.")
+        notes.append(Note(f"No class names typed: all {len(model_names)} classes of the checkpoint."))
     h, w = rgb.shape[:2]
     test = model.cfg.test
     scale = min(1.0, test.short_side / min(h, w), test.max_long_side / max(h, w))
     small = rgb
     if scale < 1.0:  # the test pipeline resizes to this anyway: keep (K, H, W) probabilities small
-        small = np.asarray(Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                       Image.Resampling.BILINEAR))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
     r = predict(model, small)
     probs = r.probs[idx]
-    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)  # softmax over the chosen classes only
+    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
     labels = probs.argmax(0)
     if labels.shape != (h, w):
         labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-    info = {"model": model.cfg.name, "mode": r.info.get("mode"), "working_size": list(small.shape[:2]),
+    info = {"model": model.cfg.name, "working_size": list(small.shape[:2]),
             "checkpoint_classes": len(model_names)}
-    pred = Prediction(labels.numpy(), probs, tuple(model_names[i] for i in idx), "probability",
-                      {"total": round(r.seconds, 4)}, info)
-    return pred, notes
+    return Prediction(labels.numpy(), probs, tuple(model_names[i] for i in idx), "probability",
+                      {"total": round(r.seconds, 4)}, info), notes
 
 
 def load_model(registry: ModelRegistry, spec: ModelSpec) -> torch.nn.Module:
-    """registry.get, with a UserError saying what is missing or why the checkpoint does not load."""
+    """registry.get; a failure is one line in the log (its reason) and a message for the visitor."""
     try:
         return registry.get(spec)
-    except WeightsUnavailableError as e:
-        raise UserError(f"{spec.label} is not available. {weights_help(spec, e)}") from None
-    except MemoryError:
+    except (UserError, MemoryError):
         raise
-    except Exception as e:  # a broken / incompatible / pickled checkpoint: say which and why
-        log.warning("could not load %s:\n%s", spec.label, traceback.format_exc())
-        raise UserError(registry.scrub(f"Could not load {spec.label}: {type(e).__name__}: {e}")) from None
+    except Exception as e:
+        log.warning("%s", registry.failures.get(spec.label) or f"{spec.label}: {type(e).__name__}: {e}")
+        if spec.kind == "zeroshot":
+            raise UserError(f"{spec.label} is not available on this server right now. Choose another model "
+                            "from the list.") from None
+        raise UserError(f"Could not load {spec.label}: it is not a DenseCLIP checkpoint this app can read. "
+                        "Choose another model.") from None
 
 
-def segment(registry: ModelRegistry, image, class_names: str | None, model: str | None = None,
-            opacity: float = 0.5, templates: str = "auto", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS,
-            progress: Callable[[float, str], object] | None = None) -> Segmentation:
-    """A web request: `image` an uploaded file's path, `class_names` the class box, `model` a label / name.
+def segment(registry: ModelRegistry, image, class_names: str | None, options: Options = Options(),
+            limits: Limits = Limits(), progress: Callable[[float, str], object] | None = None
+            ) -> Segmentation:
+    """A visitor's request: `image` an uploaded file's path, `class_names` the class box.
 
-    Raises UserError (message to show as is) for anything wrong with the request; `progress(fraction,
-    description)` is called at each step.
+    Raises UserError (a message to show as is); `progress(fraction, description)` is called at each step.
     """
     t0 = time.perf_counter()
     step = progress or (lambda fraction, desc: None)
-    notes: list[str] = []
     if image is None or (isinstance(image, str) and not image):
         raise UserError("Upload an image first (or click one of the examples).")
-    if templates not in TEMPLATE_CHOICES:
-        raise UserError(f"templates must be one of {', '.join(TEMPLATE_CHOICES)}, got {templates!r}")
-    if not isinstance(opacity, (int, float)) or not 0.0 <= float(opacity) <= 1.0:
-        raise UserError(f"opacity must be a number between 0 and 1, got {opacity!r}")
-    spec = registry.resolve(model)
-    names, name_notes = parse_class_names(class_names, allow_empty=spec.kind == "denseclip")
-    notes += name_notes
+    check_options(options)
+    spec = registry.resolve(options.model)
+    names, notes = parse_class_names(class_names, allow_empty=spec.kind == "denseclip")
     step(0.05, "Reading the image")
-    rgb, image_info = read_image(image, max_side, max_pixels)
+    rgb, image_info = read_image(image, limits.max_side, limits.max_pixels)
     if image_info["downscaled"]:
         oh, ow = image_info["original_size"]
-        notes.append(f"The image ({ow}x{oh}) was downscaled to {rgb.shape[1]}x{rgb.shape[0]}.")
+        notes.append(Note(f"Segmented at {rgb.shape[1]}×{rgb.shape[0]} (the upload is {ow}×{oh})."))
     step(0.15, f"Loading {spec.label}")
     t_load = time.perf_counter()
     net = load_model(registry, spec)
     t_load = time.perf_counter() - t_load
-    step(0.3, "Computing pixel-text scores")
-    with warnings.catch_warnings(record=True) as caught:
+    step(0.3, "Matching pixels with names")
+    with COMPUTE, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if spec.kind == "zeroshot":
-            pred = run_zeroshot(net, rgb, names, templates)
+            pred, more = run_zeroshot(net, rgb, names, options)
         else:
             pred, more = run_denseclip(net, rgb, names)
-            notes += more
+            if options.unmatched != "closest":
+                more.append(Note("A DenseCLIP checkpoint labels every pixel with one of its classes.",
+                                 loud=True))
+    notes += more
     for w in caught:
-        if "truncated" in str(w.message) or "exceed" in str(w.message):
-            notes.append(str(w.message))
-    if len(pred.names) == 1:
-        notes.append("Only one class: every pixel gets it. Add more classes (e.g. 'background') to compare.")
+        if "truncated" in str(w.message):
+            notes.append(Note(f"A class name is too long for the text encoder and was cut: {w.message}",
+                              loud=True))
+    if len(pred.names) == 1 and not (pred.labels < 0).any():
+        notes.append(Note("Only one class: every pixel gets it. Add more names, or let unmatched pixels "
+                          "stay unlabelled."))
     step(0.75, "Drawing")
-    return Segmentation(pred, rgb, image_info, spec, float(opacity), notes, t_load, t0)
+    return Segmentation(pred, rgb, image_info, spec, options, notes, t_load, t0)
