@@ -36,7 +36,7 @@ test: install-dev browser
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install-dev
-	$(VENV)/bin/ruff check denseclip train tests benchmarks webapp app.py
+	$(VENV)/bin/ruff check denseclip train tests benchmarks examples webapp app.py
 
 bench: install
 	$(PY) benchmarks/bench_inference.py
