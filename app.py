@@ -114,14 +114,11 @@ def build_app(tiny: bool | None = None, checkpoints: Sequence[str] = (), checkpo
     registry = ModelRegistry(default_specs(tiny, checkpoints), checkpoint_dir, hub or HubAccess.from_env(),
                              max_loaded, device)
     folders = OutputFolders()
-    if preload:  # the default model now (the page says if it failed), the others in the background
+    if preload:  # the default model now (the page says if it failed); the others when served
         try:
             registry.get(registry.default)
         except Exception:
             log.warning("%s", registry.failures.get(registry.default.label, "default model failed to load"))
-        check = threading.Thread(target=registry.check, name="model-check", daemon=True)
-        check.start()
-        atexit.register(check.join, 60)  # not killed inside torch at exit (which aborts the process)
 
     def segment(image, class_names, model=registry.default.label, opacity=0.5, templates="auto",
                 unmatched="closest", threshold=0.2, progress=gr.Progress()):
@@ -316,8 +313,17 @@ def launch_options(max_file_size: str | int = MAX_FILE_SIZE) -> dict:
 
 
 def serve(demo: gr.Blocks, host: str | None = None, port: int | None = None,
-          prevent_thread_lock: bool = False, max_file_size: str | int = MAX_FILE_SIZE, **kwargs):
-    """demo.launch with launch_options(); host/port None = bind_address's choice, else Gradio's defaults."""
+          prevent_thread_lock: bool = False, max_file_size: str | int = MAX_FILE_SIZE,
+          check_models: bool = True, **kwargs):
+    """demo.launch with launch_options(); host/port None = bind_address's choice, else Gradio's defaults.
+
+    check_models: try every listed model in a background thread, so that those that cannot load are
+    marked unavailable before anyone picks them.
+    """
+    if check_models:
+        check = threading.Thread(target=demo.registry.check, name="model-check", daemon=True)
+        check.start()
+        atexit.register(check.join, 60)  # not killed inside torch at exit (which aborts the process)
     host, port = bind_address(host, port)
     options = {**launch_options(max_file_size), **kwargs}
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,

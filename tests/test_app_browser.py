@@ -64,11 +64,12 @@ def require_browser():
 def browser():
     sync_playwright, path = require_browser()
     app = load_app()
-    demo = app.build_app(tiny=True, preload=False)  # (test_app_api checks the start-up model check)
+    demo = app.build_app(tiny=True, preload=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _, url, _ = app.serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    # check_models: test_app_api checks the start-up model check
+    _, url, _ = app.serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True, check_models=False)
     try:
         with sync_playwright() as p:
             chromium = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
