@@ -1,4 +1,6 @@
-"""Draw the app's example scenes (synthetic, CC0): `python examples/make_examples.py`.
+"""Draw the synthetic scenes of the tutorials and CLI tests (CC0): `python examples/make_examples.py`.
+
+(The app's own examples are the real photos listed in examples.json.)
 
 Every pixel comes from this script (PIL shapes, gradients and seeded noise), so the images carry no
 third-party rights; they are dedicated to the public domain (CC0 1.0), like this script.
@@ -136,8 +138,9 @@ def beach(rng) -> Image.Image:
     tx, ty = pts[-1]
     for a in range(0, 360, 45):
         r = math.radians(a)
-        d.polygon([(tx, ty), (tx + 90 * math.cos(r) - 14 * math.sin(r), ty + 45 * math.sin(r) + 25),
-                   (tx + 90 * math.cos(r) + 14 * math.sin(r), ty + 45 * math.sin(r) + 40)], fill=(40, 140, 60))
+        leaf = [(tx, ty), (tx + 90 * math.cos(r) - 14 * math.sin(r), ty + 45 * math.sin(r) + 25),
+                (tx + 90 * math.cos(r) + 14 * math.sin(r), ty + 45 * math.sin(r) + 40)]
+        d.polygon(leaf, fill=(40, 140, 60))
     return texture(img, rng)
 
 

@@ -7,11 +7,16 @@ tier: tests marked `slow` (notebooks, torchrun, kills and resumes) or `browser` 
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# the app's tests: Gradio reads its upload/cache folder at import
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="denseclip-gradio-test-"))
 
 import copy  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -76,19 +81,100 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+# --------------------------------------------------------------------------------- the app's tests
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg"  # 600x400, CC0
+CLASSES = "coffee, cup, saucer, spoon, table"
+
 
 def load_app():
-    """app.py as the module `app` (the repo root is not necessarily on sys.path)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    """app.py as the module `app` (the repo root is on sys.path through pytest's pythonpath setting)."""
+    import app
 
-    root = Path(__file__).resolve().parents[1]
-    mod = sys.modules.get("app")
-    if mod is not None and Path(mod.__file__).resolve() == root / "app.py":
-        return mod
-    spec = importlib.util.spec_from_file_location("app", root / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["app"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return app
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Payload:
+    """Unpickling this would run code: a checkpoint holding it must be refused (weights_only)."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/denseclip-app-test-pickle-ran",))
+
+
+@pytest.fixture(scope="session")
+def app_checkpoints(tmp_path_factory):
+    """A folder of checkpoints for the app: a tiny DenseCLIP, a pickle with a payload, garbage."""
+    import denseclip
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = denseclip.build_model("denseclip-tiny-rn", pretrained=False)
+    denseclip.save_checkpoint(model, folder / "tiny-dc.safetensors")
+    torch.save({"meta": {"CLASSES": ("a", "b")}, "state_dict": {"w": torch.zeros(1)}, "hook": Payload()},
+               folder / "evil.pth")
+    (folder / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_server(app_checkpoints):
+    """(demo, url) of one live app for the API tests: like `python app.py --tiny` plus a checkpoint folder."""
+    app = load_app()
+    demo = app.build_app(tiny=True, checkpoint_dir=str(app_checkpoints))
+    _, url, _ = app.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_client(app_server, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(app_server[1], verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+@pytest.fixture(scope="session")
+def small_image(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "small.png"
+    Image.open(PHOTO).resize((96, 64)).save(path)
+    return path
+
+
+def segment(client, image, classes=CLASSES, **kw):
+    """/segment through gradio_client: (segmentation, score_maps, label_map_png, results_json, status)."""
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(image)), classes, api_name="/segment", **kw)
+
+
+def results(out) -> dict:
+    return json.loads(Path(out[3]).read_text("utf-8"))
+
+
+def assert_still_serving(client, small_image):
+    out = segment(client, small_image, "sky, road")
+    assert [c["name"] for c in results(out)["classes"]] == ["sky", "road"]
+
+
+def expect_error(client, image, classes=CLASSES, match: str = "", **kw) -> str:
+    """The message of a refused request: for the visitor (no traceback, no Markdown, no operator words)."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        segment(client, image, classes, **kw)
+    message = str(info.value)
+    assert match.lower() in message.lower(), message
+    assert "Traceback" not in message and "`" not in message
+    for operator_words in ("DENSECLIP_", "--tiny", "HF_HUB_OFFLINE", "--checkpoint"):
+        assert operator_words not in message, message
+    return message

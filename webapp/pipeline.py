@@ -1,0 +1,231 @@
+"""One request, start to end: check the inputs, load the model, predict (zero-shot or a DenseCLIP checkpoint).
+
+    seg = segment(registry, "photo.jpg", "sky, tree, person", Options(unmatched="threshold"))
+    seg.pred.labels (H, W), seg.pred.maps (K, h, w), seg.notes       # UserError: show its message
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from denseclip.vocab import get_templates
+
+from .catalog import ModelSpec
+from .classes import match_classes, parse_class_names
+from .errors import Note, UserError
+from .images import MAX_PIXELS, MAX_SIDE, read_image
+from .models import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_CHOICES = {
+    "auto": "auto (7 prompts a class; 1 above 40 classes)",
+    "single": "single ('a photo of a {}.')",
+    "simple": "simple (7 scene prompts)",
+    "imagenet": "imagenet (CLIP's 80 prompts, slow)",
+}
+UNMATCHED_CHOICES = {
+    "closest": "get the closest name",
+    "background": "stay unlabelled: add a 'background' class",
+    "threshold": "stay unlabelled below a score",
+}
+BACKGROUND_NAME = "background"
+AUTO_TEMPLATE_LIMIT = 40  # "auto" templates: 7 prompts a class up to this many classes, then 1
+MAX_PROMPTS = 6000  # class names x templates encoded in one request (CLIP's text tower is slow on CPU)
+MAX_MAP_ELEMENTS = 1 << 23  # bound on K*h*w of the score maps kept for drawing and reading
+MAP_SIDE = 384  # score maps are drawn about this large: computed at about this size
+COMPUTE = threading.Lock()  # one prediction at a time: the cores are shared, text caches are not thread-safe
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a visitor chooses besides the image and the names."""
+
+    model: str | None = None  # a list label, a checkpoint name, or an allowed Hub repo id
+    opacity: float = 0.5
+    templates: str = "auto"
+    unmatched: str = "closest"  # see UNMATCHED_CHOICES (zero-shot models only)
+    threshold: float = 0.2  # cosine similarity below which a pixel stays unlabelled ("threshold")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the operator allows per request."""
+
+    max_side: int = MAX_SIDE
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (H, W) int64 index into names; UNLABELLED (-1) = matches no name
+    maps: torch.Tensor  # (K, h, w) float32: cosine similarities (zero-shot) or probabilities (DenseCLIP)
+    names: tuple[str, ...]
+    unit: str  # "cosine similarity" | "probability"
+    timing: dict
+    info: dict
+
+
+@dataclass
+class Segmentation:
+    """A finished request: the prediction, the decoded image and what the results report."""
+
+    pred: Prediction
+    rgb: np.ndarray  # (H, W, 3) uint8 as decoded (labels are at this size)
+    image_info: dict  # read_image's facts about the upload
+    spec: ModelSpec
+    options: Options
+    notes: list[Note] = field(default_factory=list)
+    load_seconds: float = 0.0
+    started: float = 0.0  # time.perf_counter() when the request began
+
+
+def check_options(options: Options) -> None:
+    if options.templates not in TEMPLATE_CHOICES:
+        raise UserError(f"templates must be one of {', '.join(TEMPLATE_CHOICES)}, "
+                        f"not '{options.templates}'.")
+    if options.unmatched not in UNMATCHED_CHOICES:
+        raise UserError(f"unmatched must be one of {', '.join(UNMATCHED_CHOICES)}, "
+                        f"not '{options.unmatched}'.")
+    for name, value, lo, hi in (("opacity", options.opacity, 0, 1), ("threshold", options.threshold, -1, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+            raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
+
+
+def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Options
+                 ) -> tuple[Prediction, list[Note]]:
+    """A ZeroShotSegmenter on one image; "auto" templates = "simple" up to AUTO_TEMPLATE_LIMIT classes."""
+    notes = []
+    templates = options.templates
+    if templates == "auto":
+        templates = "simple" if len(names) <= AUTO_TEMPLATE_LIMIT else "single"
+    background = None
+    if options.unmatched == "threshold":
+        background = float(options.threshold)
+    elif options.unmatched == "background":
+        if BACKGROUND_NAME in (n.casefold() for n in names):
+            notes.append(Note(f"'{BACKGROUND_NAME}' is one of your names, so it is labelled like the "
+                              "others."))
+        else:
+            background = BACKGROUND_NAME
+    n_prompts = len(get_templates(templates)) * (len(names) + (background == BACKGROUND_NAME))
+    if n_prompts > MAX_PROMPTS:
+        raise UserError(f"{len(names)} class names with the '{templates}' prompts make {n_prompts:,} texts "
+                        f"to encode (the limit is {MAX_PROMPTS:,}): choose the 'single' or 'simple' prompts "
+                        "(Advanced), or fewer names.")
+    r = model.predict(rgb, list(names), templates=templates, background=background,
+                      max_output_elements=min(MAX_MAP_ELEMENTS, len(names) * MAP_SIDE ** 2))
+    info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
+            if k in ("model", "dense_mode", "working_size", "templates", "background")}
+    info["template_set"] = templates
+    pred = Prediction(r.labels.numpy(), r.scores, tuple(r.class_names), "cosine similarity",
+                      {k: round(v, 4) for k, v in r.timing.items()}, info)
+    return pred, notes
+
+
+def run_denseclip(model, rgb: np.ndarray, names: tuple[str, ...]) -> tuple[Prediction, list[Note]]:
+    """A DenseCLIP checkpoint predicts its own classes; typed names choose a subset (argmax over those),
+    whose probabilities are renormalised to sum to 1 (a softmax over those classes only)."""
+    from denseclip import predict
+
+    notes = []
+    model_names = tuple(" ".join(n.split()) for n in model.cfg.class_names)
+    if names:
+        idx, unknown = match_classes(model_names, names)
+        if not idx:
+            raise UserError(f"None of these names is a class of this checkpoint, which knows "
+                            f"{len(model_names)} classes (e.g. {', '.join(model_names[:8])}). Type some of "
+                            "those, or leave the box empty to use all of them.")
+        if unknown:
+            listed = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            notes.append(Note(f"Not classes of this checkpoint, left out: {listed}.", loud=True))
+    else:
+        idx = list(range(len(model_names)))
+        notes.append(Note(f"No class names typed: all {len(model_names)} classes of the checkpoint."))
+    h, w = rgb.shape[:2]
+    test = model.cfg.test
+    scale = min(1.0, test.short_side / min(h, w), test.max_long_side / max(h, w))
+    small = rgb
+    if scale < 1.0:  # the test pipeline resizes to this anyway: keep (K, H, W) probabilities small
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    r = predict(model, small)
+    probs = r.probs[idx]
+    probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
+    labels = probs.argmax(0)
+    if labels.shape != (h, w):
+        labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    info = {"model": model.cfg.name, "working_size": list(small.shape[:2]),
+            "checkpoint_classes": len(model_names)}
+    return Prediction(labels.numpy(), probs, tuple(model_names[i] for i in idx), "probability",
+                      {"total": round(r.seconds, 4)}, info), notes
+
+
+def load_model(registry: ModelRegistry, spec: ModelSpec) -> torch.nn.Module:
+    """registry.get; a failure is one line in the log (its reason) and a message for the visitor."""
+    try:
+        return registry.get(spec)
+    except (UserError, MemoryError):
+        raise
+    except Exception as e:
+        log.warning("%s", registry.failures.get(spec.label) or f"{spec.label}: {type(e).__name__}: {e}")
+        if spec.kind == "zeroshot":
+            raise UserError(f"{spec.label} is not available on this server right now. Choose another model "
+                            "from the list.") from None
+        raise UserError(f"Could not load {spec.label}: it is not a DenseCLIP checkpoint this app can read. "
+                        "Choose another model.") from None
+
+
+def segment(registry: ModelRegistry, image, class_names: str | None, options: Options = Options(),
+            limits: Limits = Limits(), progress: Callable[[float, str], object] | None = None
+            ) -> Segmentation:
+    """A visitor's request: `image` an uploaded file's path, `class_names` the class box.
+
+    Raises UserError (a message to show as is); `progress(fraction, description)` is called at each step.
+    """
+    t0 = time.perf_counter()
+    step = progress or (lambda fraction, desc: None)
+    if image is None or (isinstance(image, str) and not image):
+        raise UserError("Upload an image first (or click one of the examples).")
+    check_options(options)
+    spec = registry.resolve(options.model)
+    names, notes = parse_class_names(class_names, allow_empty=spec.kind == "denseclip")
+    step(0.05, "Reading the image")
+    rgb, image_info = read_image(image, limits.max_side, limits.max_pixels)
+    if image_info["downscaled"]:
+        oh, ow = image_info["original_size"]
+        notes.append(Note(f"Segmented at {rgb.shape[1]}×{rgb.shape[0]} (the upload is {ow}×{oh})."))
+    step(0.15, f"Loading {spec.label}")
+    t_load = time.perf_counter()
+    net = load_model(registry, spec)
+    t_load = time.perf_counter() - t_load
+    step(0.3, "Matching pixels with names")
+    with COMPUTE, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if spec.kind == "zeroshot":
+            pred, more = run_zeroshot(net, rgb, names, options)
+        else:
+            pred, more = run_denseclip(net, rgb, names)
+            if options.unmatched != "closest":
+                more.append(Note("A DenseCLIP checkpoint labels every pixel with one of its classes.",
+                                 loud=True))
+    notes += more
+    for w in caught:
+        if "truncated" in str(w.message):
+            notes.append(Note(f"A class name is too long for the text encoder and was cut: {w.message}",
+                              loud=True))
+    if len(pred.names) == 1 and not (pred.labels < 0).any():
+        notes.append(Note("Only one class: every pixel gets it. Add more names, or let unmatched pixels "
+                          "stay unlabelled."))
+    step(0.75, "Drawing")
+    return Segmentation(pred, rgb, image_info, spec, options, notes, t_load, t0)
