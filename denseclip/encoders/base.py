@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -35,11 +36,17 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     """A CLIP positional embedding (1 + h*w, C) from grid `src` to grid `dst` (timm's resample).
 
     The first row (class / mean token) is kept. "bilinear" (align_corners=False, no antialias) is what
-    the DenseCLIP authors do at load and at every forward; "bicubic" is what SCLIP, NACLIP, ClearCLIP
-    and MaskCLIP do.
+    the DenseCLIP authors do at load and at every forward; "bicubic" the same size-based resize, bicubic;
+    "bicubic_dino" is DINO's interpolate_pos_encoding, which SCLIP, NACLIP, ClearCLIP and ProxyCLIP use:
+    bicubic with the scale factor (dst + 0.1) / src (their sampling positions differ slightly).
     """
     if tuple(src) == tuple(dst):
         return pos
+    if mode == "bicubic_dino":
+        grid = pos[1:].reshape(1, src[0], src[1], -1).permute(0, 3, 1, 2)
+        scale = ((dst[0] + 0.1) / src[0], (dst[1] + 0.1) / src[1])
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], -1)])
     from timm.layers import resample_abs_pos_embed  # lazy: timm costs seconds to import
 
     return resample_abs_pos_embed(pos[None], list(dst), list(src), num_prefix_tokens=1, interpolation=mode,
