@@ -18,7 +18,7 @@ from denseclip.clip import WEIGHTS_DIR_ENV
 from denseclip.config import TINY_RN_ARCH, TINY_VIT_ARCH
 from denseclip.hub import WeightsUnavailableError
 from denseclip.inference import slide_windows
-from denseclip.render import render_labels, upsample
+from denseclip.render import LabelRule, render_labels, upsample
 from denseclip.zeroshot import BACKGROUND, ZeroShotResult, ZeroShotSegmenter, training_free_block
 
 NAMES = ["sky", "tree", "road", "person"]
@@ -55,7 +55,8 @@ def test_shapes_dtypes_and_probabilities(kind, rn, vit):
     zs = rn if kind == "rn" else vit
     r = zs.predict(_image(), NAMES)
     assert isinstance(r, ZeroShotResult)
-    assert r.scores.shape == r.probs.shape == (4, 70, 100) and r.scores.dtype == r.probs.dtype == torch.float32
+    assert r.scores.shape == r.probs.shape == (4, 70, 100)
+    assert r.scores.dtype == r.probs.dtype == torch.float32
     assert r.labels.shape == (70, 100) and r.labels.dtype == torch.long
     assert r.class_names == tuple(NAMES) and r.image_size == (70, 100) and r.full_resolution
     assert r.scores.abs().max() <= 1 + 1e-5  # cosine similarities
@@ -73,7 +74,8 @@ def test_shapes_dtypes_and_probabilities(kind, rn, vit):
 
 def test_one_class_and_several_hundred_classes(vit):
     one = vit.predict(_image(), ["sky"])
-    assert one.scores.shape == (1, 70, 100) and (one.labels == 0).all() and torch.allclose(one.probs, torch.ones(1))
+    assert one.scores.shape == (1, 70, 100) and (one.labels == 0).all()
+    assert torch.allclose(one.probs, torch.ones(1))
     many = [f"object number {i}" for i in range(300)]
     r = vit.predict(_image(), many)
     assert r.scores.shape == (300, 70, 100) and len(r.class_names) == 300
@@ -108,9 +110,15 @@ def test_dense_embeddings_shape_and_dense_mode_errors(rn, vit):
         _zs("vit", dense_mode="attention_pool")
     with pytest.raises(ValueError, match="ViTs only"):
         _zs("rn", clearclip=True)
-    assert _zs("vit", dense_mode="qq+kk").dense_mode == "csa"
-    assert _zs("vit", dense_mode="maskclip").clearclip is False
-    assert _zs("vit").clearclip is True and "clearclip=True" in _zs("vit").describe()
+    with pytest.raises(ValueError, match="unknown zero-shot method"):
+        _zs("vit", method="segment-anything")
+    # old names: aliases of the methods they compute; clearclip=True is residual=False
+    assert _zs("vit", dense_mode="qq+kk").method == "sclip" and _zs("vit", dense_mode="csa").plan.residual
+    assert _zs("vit", dense_mode="qq").method == "clearclip" and not _zs("vit", dense_mode="qq").plan.residual
+    assert _zs("vit", dense_mode="maskclip").plan.residual and not _zs("vit", dense_mode="vv").plan.residual
+    assert _zs("vit", dense_mode="csa", clearclip=True).plan.residual is False
+    assert _zs("vit").method == "naclip" and "method=naclip" in _zs("vit").describe()
+    assert _zs("rn").method == _zs("rn", dense_mode="value").method == "maskclip"
 
 
 def test_fp16_on_cpu_is_refused():
@@ -280,6 +288,8 @@ def test_background_threshold_on_score_and_prob(rn):
     assert torch.equal(rp.labels == BACKGROUND, base.probs.amax(0) < pthr)
     with pytest.raises(ValueError, match="background_on"):
         rn.predict(img, NAMES, background=0.1, background_on="logit")
+    with pytest.raises(KeyError, match="valid fields"):
+        rn.predict(img, NAMES, backgroud=0.1)  # a typo is named, with the valid options
 
 
 def _text_from_image_cells(monkeypatch, zs, img, names):
@@ -289,7 +299,7 @@ def _text_from_image_cells(monkeypatch, zs, img, names):
     x = F.pad((x - 127.5) / 64, (0, 23))
     cells = F.normalize(zs.dense_embeddings(x)[0].flatten(1).T, dim=-1)  # (15, D)
     table = {n: cells[(7 * i) % len(cells)] for i, n in enumerate(names)}
-    monkeypatch.setattr(zs, "encode_text", lambda ns, templates=None: torch.stack([table[n] for n in ns]))
+    monkeypatch.setattr(zs, "_text", lambda ns, templates=None: torch.stack([table[n] for n in ns]))
 
 
 def test_background_pseudo_class(monkeypatch):
@@ -321,7 +331,8 @@ def test_resnet_value_path_by_hand(pos):
         tokens = c5.flatten(2).transpose(1, 2)
         if pos:  # positional embedding of the spatial positions, resized 2x2 -> 3x5
             grid = pool.positional_embedding[1:].reshape(1, 2, 2, c).permute(0, 3, 1, 2)
-            tokens = tokens + F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+            grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+            tokens = tokens + grid.flatten(2).transpose(1, 2)
         ref = (tokens @ pool.v_proj.weight.T + pool.v_proj.bias) @ pool.c_proj.weight.T + pool.c_proj.bias
     assert got.shape == (2, 32, 3, 5)
     torch.testing.assert_close(got, ref.transpose(1, 2).reshape(b, -1, h, w), atol=1e-5, rtol=1e-5)
@@ -332,7 +343,7 @@ def test_resnet_value_path_by_hand(pos):
 
 @pytest.mark.parametrize("kind", ["rn", "vit"])
 def test_global_embedding_equals_open_clip_encode_image(kind):
-    modes = ["attention_pool", "value"] if kind == "rn" else ["vv", "vanilla"]
+    modes = ["attention_pool", "maskclip"] if kind == "rn" else ["naclip", "clip_surgery", "vanilla"]
     for mode in modes:
         zs = _zs(kind, dense_mode=mode)
         x = torch.randn(2, 3, 64, 64)
@@ -358,9 +369,9 @@ def _heads(t, n):  # (B, N, C) -> (B, n, N, C/n)
     return t.reshape(t.shape[0], t.shape[1], n, -1).transpose(1, 2)
 
 
-@pytest.mark.parametrize("mode", ["vv", "qq", "csa", "value", "vanilla"])
-@pytest.mark.parametrize("clearclip", [True, False])
-def test_vit_training_free_block_by_definition(mode, clearclip):
+@pytest.mark.parametrize("mode", ["vv", "qq", "kk", "csa", "value", "qk"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_vit_training_free_block_by_definition(mode, residual):
     torch.manual_seed(1)
     clip = make_clip(TINY_VIT_ARCH)
     blk = clip.visual.transformer.resblocks[-1]
@@ -376,28 +387,28 @@ def test_vit_training_free_block_by_definition(mode, clearclip):
         def sm(a, b):
             return torch.softmax(a @ b.transpose(-1, -2) * scale, dim=-1)
 
-        o = {"vv": lambda: sm(v, v) @ v, "qq": lambda: sm(q, q) @ v, "csa": lambda: (sm(q, q) + sm(k, k)) @ v,
-             "value": lambda: v, "vanilla": lambda: sm(q, k) @ v}[mode]()
+        o = {"vv": lambda: sm(v, v) @ v, "qq": lambda: sm(q, q) @ v, "kk": lambda: sm(k, k) @ v,
+             "csa": lambda: (sm(q, q) + sm(k, k)) @ v, "value": lambda: v, "qk": lambda: sm(q, k) @ v}[mode]()
         o = o.transpose(1, 2).reshape(2, 7, 32) @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
-        if not clearclip:
+        if residual:
             o = x + o
             o = o + blk.mlp(F.layer_norm(o, (32,), blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps))
-        got = training_free_block(blk, x, mode, clearclip)
+        got = training_free_block(blk, x, mode, residual=residual)
     torch.testing.assert_close(got, o, atol=1e-5, rtol=1e-5)
-    if mode == "vanilla" and not clearclip:
+    if mode == "qk" and residual:
         torch.testing.assert_close(got, blk(x), atol=1e-5, rtol=1e-5)  # open_clip's own block
 
 
 def test_vit_dense_is_projected_replaced_last_block():
-    zs = _zs("vit", dense_mode="csa", clearclip=False)
+    zs = _zs("vit", method="sclip")
     enc = zs.encoder
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
-        t, (h, w) = enc.embed(x)
+        t, (h, w) = enc.embed(x, "bicubic_dino")
         visual = zs.clip.visual
         for blk in visual.transformer.resblocks[:-1]:
             t = blk(t)
-        t = training_free_block(visual.transformer.resblocks[-1], t, "csa", False)
+        t = training_free_block(visual.transformer.resblocks[-1], t, "csa", residual=True)
         ref = (visual.ln_post(t[:, 1:]) @ visual.proj).transpose(1, 2).reshape(1, -1, h, w)
         torch.testing.assert_close(zs.dense_embeddings(x), ref, atol=1e-5, rtol=1e-5)
 
@@ -420,14 +431,16 @@ def test_labels_are_the_argmax_of_the_full_size_maps_in_bounded_chunks(monkeypat
     monkeypatch.setattr(render, "_CHUNK", 3 * 70 * 110)  # three classes at a time
     maps = torch.randn(k, *hw, generator=torch.Generator().manual_seed(k))
     full = F.interpolate(maps[None], size=(70, 110), mode="bilinear", align_corners=False)[0]
-    assert torch.equal(render_labels(maps, k, hw, (70, 110)), full.argmax(0))
+    assert torch.equal(render_labels(maps, hw, (70, 110), LabelRule(k)), full.argmax(0))
     # the last map as a background pseudo-class, and thresholds on the best score / probability
-    labels = render_labels(maps, k - 1, hw, (70, 110))
+    labels = render_labels(maps, hw, (70, 110), LabelRule(k - 1))
     assert torch.equal(labels == BACKGROUND, full.argmax(0) == k - 1)
     thr = float(full.amax(0).median())
-    assert torch.equal(render_labels(maps, k, hw, (70, 110), thr) == BACKGROUND, full.amax(0) < thr)
+    assert torch.equal(render_labels(maps, hw, (70, 110), LabelRule(k, threshold=thr)) == BACKGROUND,
+                       full.amax(0) < thr)
     prob = (30 * full).softmax(0).amax(0)
-    got = render_labels(maps, k, hw, (70, 110), float(prob.median()), "prob", 30.0) == BACKGROUND
+    rule = LabelRule(k, threshold=float(prob.median()), on="prob", logit_scale=30.0)
+    got = render_labels(maps, hw, (70, 110), rule) == BACKGROUND
     clear = (prob - prob.median()).abs() > 1e-6
     assert torch.equal(got[clear], (prob < prob.median())[clear])
 
@@ -451,13 +464,13 @@ def test_from_pretrained_offline_fails_fast_naming_env_var(monkeypatch):
 def test_from_pretrained_random_rn50_is_flagged():
     with pytest.warns(UserWarning, match="random weights"):
         zs = ZeroShotSegmenter.from_pretrained("RN50", pretrained=None, device="cpu", size=64)
-    assert zs.is_random and "RANDOM" in zs.describe() and not zs.is_vit and zs.dense_mode == "value"
+    assert zs.is_random and "RANDOM" in zs.describe() and not zs.is_vit and zs.dense_mode == "maskclip"
     r = zs.predict(_image(64, 64), ["cat", "dog"], templates="single")
     assert r.scores.shape == (2, 64, 64) and r.info["is_random"]
 
 
-@pytest.mark.parametrize("name,tag,expected", [("RN50", "openai", True), ("ViT-B-16", "laion2b_s34b_b88k", False),
-                                               ("RN50", None, True)])
+@pytest.mark.parametrize("name,tag,expected", [
+    ("RN50", "openai", True), ("ViT-B-16", "laion2b_s34b_b88k", False), ("RN50", None, True)])
 def test_from_pretrained_quick_gelu_from_tag(monkeypatch, name, tag, expected):
     seen = {}
 
