@@ -19,8 +19,10 @@ from typing import Any
 
 __all__ = [
     "ADE20K_CLASSES",
+    "CITYSCAPES_CLASSES",
     "COCO_CATEGORY_IDS",
     "COCO_CLASSES",
+    "COCO_OBJECT_CLASSES",
     "COCO_STUFF_CLASSES",
     "DATASET_CLASSES",
     "IMAGENET_TEMPLATES",  # noqa: F822 (lazy, see __getattr__)
@@ -144,6 +146,17 @@ PASCAL_CONTEXT_CLASSES: tuple[str, ...] = (
 # PASCAL Context 59 (mmseg ``PascalContextDataset59``): the same without background, which is
 # ignored via reduce_zero_label.
 PASCAL_CONTEXT59_CLASSES: tuple[str, ...] = PASCAL_CONTEXT_CLASSES[1:]
+
+# COCO-Object (81 classes): background (every stuff class and unlabelled pixels) then the 80 COCO things,
+# as the training-free benchmarks convert COCO-Stuff (GroupViT's / TCL's cvt_coco_object).
+COCO_OBJECT_CLASSES: tuple[str, ...] = ("background", *COCO_CLASSES)
+
+# Cityscapes (19 evaluation classes, mmseg ``CityscapesDataset.CLASSES``, the *_labelTrainIds.png order).
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)  # fmt: skip
 
 DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "ade20k": ADE20K_CLASSES,
