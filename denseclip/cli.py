@@ -2,6 +2,7 @@
 
     denseclip-scoremaps photo.jpg --classes "sky, tree, person, road"            # zero-shot CLIP RN50
     denseclip-scoremaps photo.jpg --classes "sky, tree" --model ViT-B-16 --figure maps.png
+    denseclip-scoremaps photo.jpg --classes "sky, tree" --model ViT-B-16 --method proxyclip --pamr
     denseclip-scoremaps photo.jpg --checkpoint run/final                          # a trained DenseCLIP
     denseclip-scoremaps photo.jpg --classes "a, b" --tiny                         # offline: random tiny model
 """
@@ -17,13 +18,15 @@ import numpy as np
 def _zero_shot(args):
     from .zeroshot import ZeroShotSegmenter
 
+    options = {"method": args.method, "pamr_steps": 10 if args.pamr else 0}
     if args.tiny:
         from .clip import create_clip
         from .config import TINY_RN_ARCH
 
-        zs = ZeroShotSegmenter(create_clip("tiny", None, arch=TINY_RN_ARCH), "tiny", is_random=True)
+        clip = create_clip("tiny", None, arch=TINY_RN_ARCH)
+        zs = ZeroShotSegmenter(clip, "tiny", is_random=True, **options)
     else:
-        zs = ZeroShotSegmenter.from_pretrained(args.model, args.pretrained)
+        zs = ZeroShotSegmenter.from_pretrained(args.model, args.pretrained, **options)
     print(zs.describe(), file=sys.stderr)
     r = zs.predict(args.image, args.classes, templates=args.templates, max_side=args.max_side)
     return r.class_names, r.scores.numpy(), r.labels.numpy(), r.coverage(), "cosine", r.seconds
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default="openai", help="open_clip tag or local weights file")
     p.add_argument("--checkpoint", help="a DenseCLIP checkpoint (file, folder, Hub repo, the authors' .pth)")
     p.add_argument("--templates", default="simple", help="prompt templates: single, simple, imagenet")
+    p.add_argument("--method", default=None,
+                   help="zero-shot method (default: naclip for ViTs, maskclip for ResNets); see "
+                        "denseclip.zeroshot.describe_methods()")
+    p.add_argument("--pamr", action="store_true", help="refine the zero-shot maps with PAMR (10 steps)")
     p.add_argument("--tiny", action="store_true",
                    help="random tiny model (offline checks; maps are meaningless)")
     p.add_argument("--max-side", type=int, default=2048, help="decode the image at most this large")

@@ -483,3 +483,14 @@ def test_from_pretrained_quick_gelu_from_tag(monkeypatch, name, tag, expected):
         warnings.simplefilter("ignore")
         ZeroShotSegmenter.from_pretrained(name, tag, device="cpu")
     assert seen == {"name": name, "tag": tag, "quick_gelu": expected}
+
+
+def test_cli_takes_the_zero_shot_method_and_pamr(tmp_path, capsys):
+    from denseclip.cli import main
+
+    path = tmp_path / "img.png"
+    Image.fromarray(_image(40, 60)).save(path)
+    assert main([str(path), "--classes", "sky, tree", "--tiny", "--pamr", "--templates", "single"]) == 0
+    assert "pamr_steps=10" in capsys.readouterr().err
+    assert main([str(path), "--classes", "sky, tree", "--tiny", "--method", "naclip"]) == 2
+    assert "not available for a ResNet" in capsys.readouterr().err
