@@ -199,7 +199,8 @@ class ZeroShotSegmenter(nn.Module):
         p, cfg = self.plan, self.cfg
         how = (f"attention={p.attention}, residual={p.residual}, pos_embed={p.pos_embed}" if self.is_vit
                else f"value_pos_embed={cfg.value_pos_embed}")
-        extra = f", proxy={cfg.proxy_model}" if self.proxy is not None else ""
+        proxy = cfg.proxy_model if cfg.proxy_weights or self.proxy is None else f"{cfg.proxy_model} (random)"
+        extra = f", proxy={proxy}" if self.proxy is not None else ""
         extra += f", pamr_steps={cfg.pamr_steps}" if cfg.pamr_steps else ""
         return (f"ZeroShotSegmenter({self.model_name}, {'ViT' if self.is_vit else 'ResNet'}, {weights}; "
                 f"method={self.method} ({METHODS[self.method].paper}): {how}{extra}, size={cfg.size}, "

@@ -114,12 +114,16 @@ def training_free_block(blk: nn.Module, x: torch.Tensor, attention: str = "vv", 
 def surgery_path(enc, tokens: torch.Tensor, first: int) -> torch.Tensor:
     """CLIP Surgery's architecture: from block `first` on, a new path adds each block's value-value
     attention of the original path's tokens (FFN skipped) while the original path runs CLIP's own blocks.
-    tokens: the input of block `first`. Returns the new path (B, N, C) with the original class token."""
+    tokens: the input of block `first`. Returns the new path (B, N, C) with the original class token.
+    Both paths share each block's ln_1 and q, k, v projection (one projection, two attentions)."""
     blocks = enc.visual.transformer.resblocks
     new = tokens
-    for i in range(first, len(blocks)):
-        new = new + training_free_block(blocks[i], tokens, "vv")
-        tokens = enc.run_block(i, tokens)
+    for blk in blocks[first:]:
+        attn = blk.attn
+        q, k, v = F.linear(blk.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        new = new + blk.ls_1(attn.out_proj(_attend(v, v, v, attn.num_heads)))
+        tokens = tokens + blk.ls_1(attn.out_proj(_attend(q, k, v, attn.num_heads)))  # CLIP's own block
+        tokens = tokens + blk.ls_2(blk.mlp(blk.ln_2(tokens)))
     return torch.cat([tokens[:, :1], new[:, 1:]], dim=1)
 
 
