@@ -22,6 +22,7 @@ from denseclip.render import LabelRule, render_labels, upsample
 from denseclip.zeroshot import BACKGROUND, ZeroShotResult, ZeroShotSegmenter, training_free_block
 
 NAMES = ["sky", "tree", "road", "person"]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: much faster on a busy shared CPU
 
 
 def _zs(kind: str = "rn", **kw) -> ZeroShotSegmenter:
