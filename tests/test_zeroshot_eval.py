@@ -188,6 +188,11 @@ def test_eval_zeroshot_end_to_end_on_every_layout(data, tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| Method | VOC21 | PC60 | Object | VOC20 | City | PC59 | ADE | Stuff | Avg |" in table
     assert "naclip+pamr" in table and "meaningless" in table
+    other = ez.main(["--tiny", "--data-root", str(data), "--methods", "naclip", "--datasets", "voc21",
+                     "--protocol", "clearclip", "--templates", "single", "--short-side", "48",
+                     "--window", "32", "16", "--workers", "0", "--quiet", "--out", str(tmp_path / "other")])
+    expect = {"peer": "clearclip", **vars(ez.Protocol(48, 32, 16, 50.0, 0.5))}  # ClearCLIP's scale, threshold
+    assert other["naclip"]["voc21"]["protocol"] == expect
     with pytest.raises(SystemExit, match="unknown method"):
         ez.main(["--tiny", "--data-root", str(data), "--methods", "naclip+crf", "--datasets", "voc20",
                  "--quiet", "--out", str(tmp_path)])

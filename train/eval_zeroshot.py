@@ -118,12 +118,12 @@ def evaluate(zs: ZeroShotSegmenter, dataset, key: str, peer: str, args) -> dict:
     """mmseg's metrics of one method on one dataset, and the protocol and time it took."""
     from tqdm import tqdm
 
-    p = protocol(peer if args.protocol == "auto" else args.protocol, key)
+    p = protocol(peer, key)
     if args.short_side:
         p = replace(p, short_side=args.short_side)
     if args.window:
         p = replace(p, crop=args.window[0], stride=args.window[1])
-    queries = peer_class_names(peer if args.protocol == "auto" else args.protocol, key)
+    queries = peer_class_names(peer, key)
     cq = build_queries(dict(zip(dataset.class_names, queries)))
     text = zs.encode_text(cq.texts, args.templates)[list(cq.text_index)]
     rule = LabelRule(cq.num_classes, cq.class_tensor(), p.prob_threshold or None, "prob", p.logit_scale,
@@ -240,7 +240,7 @@ def main(argv=None) -> dict:
     for spec in args.methods:
         zs = segmenter(clip, name, spec, args)
         print(zs.describe(), file=sys.stderr)
-        peer = peer_of(zs.method)
+        peer = peer_of(zs.method) if args.protocol == "auto" else args.protocol
         results[spec] = {k: evaluate(zs, ds, k, peer, args) for k, ds in datasets.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
