@@ -120,6 +120,10 @@ def test_dense_embeddings_shape_and_dense_mode_errors(rn, vit):
     assert _zs("vit", dense_mode="csa", clearclip=True).plan.residual is False
     assert _zs("vit").method == "naclip" and "method=naclip" in _zs("vit").describe()
     assert _zs("rn").method == _zs("rn", dense_mode="value").method == "maskclip"
+    for mode in ("qq", "value", "csa", "vv", "vanilla", "naclip"):  # dense_mode keeps the old names
+        assert _zs("vit", dense_mode=mode).dense_mode == mode
+    assert _zs("vit", dense_mode="qq+kk").dense_mode == "csa"
+    assert _zs("vit", method="clearclip").dense_mode == "qq"
 
 
 def test_fp16_on_cpu_is_refused():
@@ -465,7 +469,7 @@ def test_from_pretrained_offline_fails_fast_naming_env_var(monkeypatch):
 def test_from_pretrained_random_rn50_is_flagged():
     with pytest.warns(UserWarning, match="random weights"):
         zs = ZeroShotSegmenter.from_pretrained("RN50", pretrained=None, device="cpu", size=64)
-    assert zs.is_random and "RANDOM" in zs.describe() and not zs.is_vit and zs.dense_mode == "maskclip"
+    assert zs.is_random and "RANDOM" in zs.describe() and not zs.is_vit and zs.dense_mode == "value"
     r = zs.predict(_image(64, 64), ["cat", "dog"], templates="single")
     assert r.scores.shape == (2, 64, 64) and r.info["is_random"]
 

@@ -3,7 +3,8 @@
 Each method is what a paper's released code computes, named after the paper; `METHODS` lists them for
 a user interface (`describe_methods()` gives one line each). The old `dense_mode` names still work:
 "value" -> "maskclip", "csa" / "qq+kk" -> "sclip" (which now keeps the residual and FFN, as SCLIP does),
-"qq" -> "clearclip"; "vv" and "vanilla" keep their names.
+"qq" -> "clearclip"; "vv" and "vanilla" keep their names; `ZeroShotSegmenter.dense_mode` still gives the
+old name of a method that had one ("value", "csa", "qq"), the method's name otherwise.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ METHODS: dict[str, Method] = {
         "CLIP's own last block for every token (the baseline the others fix)", "CLIP", "-"),
 }
 ALIASES = {"value": "maskclip", "csa": "sclip", "qq+kk": "sclip", "qq": "clearclip"}
+DENSE_MODE = {"maskclip": "value", "sclip": "csa", "clearclip": "qq"}  # the old dense_mode names
 DEFAULT_METHOD = {"vit": "naclip", "resnet": "maskclip"}
 ATTENTIONS = ("qk", "qq", "kk", "vv", "csa", "value", "naclip", "gav", "nonly")
 POS_EMBEDS = ("bilinear", "bicubic", "bicubic_dino")

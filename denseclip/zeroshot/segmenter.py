@@ -33,7 +33,7 @@ from ..ops import attention, score_maps
 from ..render import LabelRule, class_maps, render_with_area, upsample
 from ..vocab import clean_class_names, get_templates
 from .classes import build_queries
-from .methods import METHODS, PredictOptions, ZeroShotConfig, resolve_method
+from .methods import DENSE_MODE, METHODS, PredictOptions, ZeroShotConfig, resolve_method
 from .pamr import pamr
 from .proxy import ProxyAttention, create_proxy
 from .vit import ViTPlan, feature_surgery, vit_dense
@@ -128,7 +128,8 @@ class ZeroShotSegmenter(nn.Module):
                              f"{type(visual).__name__}")
         tower = "vit" if self.is_vit else "resnet"
         self.cfg = cfg = _options(cfg, options, tower)
-        self.method = self.dense_mode = resolve_method(cfg.method, tower)
+        self.method = resolve_method(cfg.method, tower)
+        self.dense_mode = DENSE_MODE.get(self.method, self.method)  # the old name (the web app asks it)
         self.plan = self._plan(cfg, tower)
         self.clip = clip_model.eval()
         self.proxy = None
@@ -392,7 +393,7 @@ class ZeroShotSegmenter(nn.Module):
 
     def _info(self, cq, opts: PredictOptions, x: torch.Tensor) -> dict:
         info = {"model": self.model_name, "is_random": self.is_random, "method": self.method,
-                "dense_mode": self.method, "working_size": tuple(x.shape[2:]), "slide": opts.slide,
+                "dense_mode": self.dense_mode, "working_size": tuple(x.shape[2:]), "slide": opts.slide,
                 "background": opts.background, "background_names": cq.background, "threshold": opts.threshold,
                 "queries": len(cq.text_index), "logit_scale": self.logit_scale,
                 "pamr_steps": self.cfg.pamr_steps,
