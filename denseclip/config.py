@@ -249,9 +249,15 @@ class DetectionConfig(ModelConfig):
     score_thresh: float = 0.05  # test: detections below are dropped before NMS (mmdet score_thr)
     nms_thresh: float = 0.5
     detections_per_img: int = 100  # COCO evaluates at most 100 per image
+    nms_pre: int = 1000  # RetinaNet test: best anchors kept per level before NMS (mmdet nms_pre)
+    # mmdetection 2.x test-time semantics (the authors' checkpoints; see denseclip/detection/mmdet.py):
+    # unrounded anchors on fixed strides, no ReLU before P7, mmcv RoIAlign, mmdet's resize / decode / NMS
+    # order / mask pasting. False: torchvision's defaults (our own trained models).
+    mmdet_compat: bool = False
     # --- Mask R-CNN only (mmdet mask_rcnn_r50_fpn values) ---
     rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000)  # (train, test), per level
     rpn_post_nms_top_n: tuple[int, int] = (1000, 1000)  # (train, test), per image
+    rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
     box_head_dim: int = 1024  # TwoMLPHead representation size

@@ -2,8 +2,8 @@
 
     ds = CocoDetection("data/coco/train2017", "data/coco/annotations/instances_train2017.json",
                        train=True, with_masks=True)
-    image, target = ds[0]     # image (3, H, W) float in [0, 1]; target: boxes (N, 4) xyxy, labels (N,) in 1..K,
-                              # masks (N, H, W) uint8 (with_masks), image_id, orig_size (H, W)
+    image, target = ds[0]     # image (3, H, W) float in [0, 1]; target: boxes (N, 4) xyxy, labels (N,)
+                              # in 1..K, masks (N, H, W) uint8 (with_masks), image_id, orig_size (H, W)
     loader = DataLoader(ds, batch_size=2, collate_fn=collate_detection)
 
 Categories are ordered by id and numbered 1..K (0 is torchvision's background); `cat_ids[label - 1]`
@@ -46,8 +46,9 @@ class CocoDetection(torch.utils.data.Dataset):
     class_names: if given, must match the json's category names (in id order); catches a model/dataset mix-up.
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, train: bool = False, with_masks: bool = False,
-                 hflip_prob: float | None = None, class_names: Sequence[str] | None = None):
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, train: bool = False,
+                 with_masks: bool = False, hflip_prob: float | None = None,
+                 class_names: Sequence[str] | None = None):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
@@ -61,10 +62,10 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"{self.ann_file} defines no categories")
         self.class_names = tuple(self.coco.cats[c]["name"] for c in self.cat_ids)
         if class_names is not None and tuple(class_names) != self.class_names:
-            raise ValueError(f"the model's {len(class_names)} class names differ from the {len(self.class_names)} "
-                             f"categories of {self.ann_file}: first differences "
-                             f"{[(a, b) for a, b in zip(class_names, self.class_names) if a != b][:5]}; build the "
-                             "model with class_names=dataset.class_names")
+            diff = [(a, b) for a, b in zip(class_names, self.class_names) if a != b][:5]
+            raise ValueError(f"the model's {len(class_names)} class names differ from the "
+                             f"{len(self.class_names)} categories of {self.ann_file}: first differences {diff}; "
+                             "build the model with class_names=dataset.class_names")
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
         ids = sorted(self.coco.imgs)
         if train:
@@ -96,11 +97,12 @@ class CocoDetection(torch.utils.data.Dataset):
         return int(info["height"]), int(info["width"])
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB in the json's width x height (EXIF rotation applied only if that is what matches)."""
+        """(H, W, 3) uint8 RGB in the json's width x height (EXIF rotation applied only if that matches)."""
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"image {info['file_name']} of {self.ann_file} not found in {self.image_dir}")
+            raise FileNotFoundError(f"image {info['file_name']} of {self.ann_file} not found in "
+                                    f"{self.image_dir}")
         with Image.open(path) as img:
             img.load()
             size = (int(info["width"]), int(info["height"]))
@@ -128,7 +130,8 @@ class CocoDetection(torch.utils.data.Dataset):
                   "image_id": torch.tensor(image_id), "orig_size": torch.tensor([h, w])}
         if self.with_masks:
             masks = [self.coco.annToMask(a) for a in anns]
-            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else \
+                torch.zeros(0, h, w, dtype=torch.uint8)
         return rgb, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,7 +146,7 @@ def to_sample(rgb: np.ndarray, target: dict[str, torch.Tensor], flip: bool = Fal
     return hflip(image, target) if flip else (image, target)
 
 
-def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Mirror an image (3, H, W) and its boxes (x -> W - x) and masks."""
     w = image.shape[-1]
     target = dict(target)

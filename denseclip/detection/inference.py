@@ -37,7 +37,8 @@ def detect(model, image, score_threshold: float = 0.3, mask_threshold: float = 0
            max_side: int | None = None) -> DetectionResult:
     """Detect objects in one image with a DenseCLIPDetector.
 
-    image: a path, PIL image, (H, W, 3) numpy array or tensor (uint8 0..255 or float 0..1; EXIF rotation applied).
+    image: a path, PIL image, (H, W, 3) numpy array or tensor (uint8 0..255 or float 0..1; EXIF rotation
+    applied).
     The detector's own transform resizes the image (cfg.min_size / max_size) and torchvision maps the boxes
     and masks back to the image given. max_side: downscale bigger images first (boxes are then in that size).
     """
