@@ -159,7 +159,7 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
             cols = [f"{'box' if k == 'bbox' else 'mask'} {m}" for k in kinds for m in ("AP", "AP50", "AP75")]
             values = [metrics.get(f"{k}_{m}", float("nan")) for k in kinds for m in ("AP", "AP50", "AP75")]
             lines += ["## Validation (COCO)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols),
-                      "| " + " | ".join(f"{100 * v:.1f}" for v in values) + " |", ""]
+                      "| " + " | ".join("n/a" if v != v else f"{100 * v:.1f}" for v in values) + " |", ""]
         return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
 
 
