@@ -171,15 +171,19 @@ class AuthorsDetector(nn.Module):
     """DenseCLIP_RetinaNet (kind="retinanet") or DenseCLIP_MaskRCNN (kind="maskrcnn"), eval only."""
 
     def __init__(self, kind: str, class_names, layers=(1, 1, 1, 1), width: int = 8, embed_dim: int = 64,
-                 input_resolution: int = 1344, text_width: int = 64, fpn: int = 16, fc: int = 32,
+                 input_resolution: int = 1344, text=(64, 2), decoder=(64, 1, 2), fpn: int = 16, fc: int = 32,
                  mask_width: int = 16, tau: float = 0.07):
+        """Tiny by default; their RN50 RetinaNet is layers=(3, 4, 6, 3), width=64, embed_dim=1024,
+        text=(512, 12), decoder=(256, 4, 3), fpn=256 (Mask R-CNN: fc=1024, mask_width=256)."""
         super().__init__()
         k = len(class_names)
         self.kind, self.tau = kind, tau
         self.backbone = AuthorsCLIPResNet(list(layers), width, embed_dim, input_resolution)
         self.backbone.attnpool = CropAttentionPool(input_resolution // 32, width * 32, 32, embed_dim)
-        self.text_encoder = AuthorsTextContextEncoder(13, 49408, text_width, text_width // 64, 2, embed_dim)
-        self.context_decoder = AuthorsContextDecoder(64, 1, 2, embed_dim)
+        text_width, text_layers = text
+        self.text_encoder = AuthorsTextContextEncoder(13, 49408, text_width, text_width // 64, text_layers,
+                                                      embed_dim)
+        self.context_decoder = AuthorsContextDecoder(*decoder, embed_dim)
         self.contexts = nn.Parameter(torch.randn(1, 8, text_width))
         self.gamma = nn.Parameter(torch.ones(embed_dim) * 1e-4)
         self.texts = tokenize_names(class_names, 5)  # a plain attribute: not in the state dict, as theirs
@@ -377,6 +381,13 @@ def _bilinear(feat, y, x):
     return torch.where(outside, 0.0, v)
 
 
+def _samples(start, bin_size, out: int, n: int):
+    """Sample coordinates (R, out * n): n per bin, at the centres of n equal parts of each of the out bins."""
+    cells = torch.arange(out, dtype=torch.float64)[:, None]
+    inner = (torch.arange(n, dtype=torch.float64)[None, :] + 0.5) / n
+    return start[:, None] + (cells + inner).reshape(-1)[None, :] * bin_size
+
+
 def roi_align(feat, rois, out: int, spatial_scale: float):
     """mmcv RoIAlign(aligned=True, sampling_ratio=0): rois (R, 4) of feat (C, H, W) -> (R, C, out, out), each
     bin the mean of ceil(roi size / out) x ceil(roi size / out) bilinear samples (none: 0)."""
@@ -385,19 +396,12 @@ def roi_align(feat, rois, out: int, spatial_scale: float):
     size = box[:, 2:] - box[:, :2]  # (w, h)
     grid = torch.ceil(size / out).long()  # samples per bin along x and y
     for gw, gh in torch.unique(grid, dim=0).tolist():  # RoIs with the same sampling grid at once
-        idx = torch.where((grid[:, 0] == gw) & (grid[:, 1] == gh))[0]
-        if gw * gh == 0:
-            continue
-        bin_w, bin_h = size[idx, 0:1] / out, size[idx, 1:2] / out
-
-        def samples(start, bin_size, n):
-            cells = torch.arange(out, dtype=torch.float64)[:, None]
-            inner = (torch.arange(n, dtype=torch.float64)[None, :] + 0.5) / n
-            return start[:, None] + ((cells + inner).reshape(-1)[None, :]) * bin_size
-
-        ys, xs = samples(box[idx, 1], bin_h, gh), samples(box[idx, 0], bin_w, gw)
-        v = _bilinear(feat, ys, xs)  # (C, R, out * gh, out * gw)
-        result[idx] = v.reshape(feat.shape[0], len(idx), out, gh, out, gw).mean(dim=(3, 5)).transpose(0, 1)
+        same = torch.where((grid[:, 0] == gw) & (grid[:, 1] == gh))[0]
+        for idx in same.split(32) if gw * gh else ():  # in chunks: bounded memory at full width
+            ys = _samples(box[idx, 1], size[idx, 1:2] / out, out, gh)
+            xs = _samples(box[idx, 0], size[idx, 0:1] / out, out, gw)
+            v = _bilinear(feat, ys, xs).reshape(feat.shape[0], len(idx), out, gh, out, gw)
+            result[idx] = v.mean(dim=(3, 5)).transpose(0, 1).to(result.dtype)
     return result
 
 
