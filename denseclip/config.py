@@ -270,6 +270,10 @@ class DetectionConfig(ModelConfig):
             raise ValueError(f"pos_embed must be 'crop' or 'resize', got {self.pos_embed!r}")
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per pyramid level (5), got {self.anchor_sizes}")
+        if self.nms_pre < 1 or not (0 < self.nms_thresh <= 1 and 0 < self.rpn_nms_thresh <= 1):
+            raise ValueError("nms_pre must be positive and NMS IoU thresholds in (0, 1]: "
+                             f"nms_pre={self.nms_pre}, nms_thresh={self.nms_thresh}, "
+                             f"rpn_nms_thresh={self.rpn_nms_thresh}")
 
     @property
     def with_masks(self) -> bool:
