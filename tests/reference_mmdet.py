@@ -325,16 +325,22 @@ def delta2bbox(rois, deltas, stds, max_shape):
 def greedy_nms(boxes, scores, iou_thr) -> list[int]:
     """mmcv nms: best first; drop every later box whose IoU with a kept one is > iou_thr."""
     order = torch.argsort(scores, descending=True, stable=True)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    b = boxes[order]
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    over = np.zeros((len(b), len(b)), dtype=bool)  # over[i, j]: IoU(i, j) > iou_thr, in score order
+    for start in range(0, len(b), 256):
+        rows = slice(start, start + 256)
+        lo = torch.maximum(b[rows, None, :2], b[None, :, :2])
+        hi = torch.minimum(b[rows, None, 2:], b[None, :, 2:])
+        inter = (hi - lo).clamp(min=0).prod(dim=-1)
+        over[rows] = (inter / (areas[rows, None] + areas[None, :] - inter) > iou_thr).numpy()
+    suppressed = np.zeros(len(b), dtype=bool)
     keep = []
-    while len(order):
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        lo, hi = torch.maximum(boxes[i, :2], boxes[rest, :2]), torch.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = (hi - lo).clamp(min=0).prod(dim=1)
-        iou = inter / (areas[i] + areas[rest] - inter)
-        order = rest[~(iou > iou_thr)]
-    return keep
+    for i in range(len(b)):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= over[i]
+    return order[keep].tolist()
 
 
 def batched_nms(boxes, scores, groups, iou_thr) -> torch.Tensor:
