@@ -251,9 +251,15 @@ class DetectionConfig(ModelConfig):
     score_thresh: float = 0.05  # test: detections below are dropped before NMS (mmdet score_thr)
     nms_thresh: float = 0.5
     detections_per_img: int = 100  # COCO evaluates at most 100 per image
+    nms_pre: int = 1000  # RetinaNet test: best anchors kept per level before NMS (mmdet nms_pre)
+    # mmdetection 2.x test-time semantics (the authors' checkpoints; see denseclip/detection/mmdet.py):
+    # unrounded anchors on fixed strides, no ReLU before P7, mmcv RoIAlign, mmdet's resize / decode / NMS
+    # order / mask pasting. False: torchvision's defaults (our own trained models).
+    mmdet_compat: bool = False
     # --- Mask R-CNN only (mmdet mask_rcnn_r50_fpn values) ---
     rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000)  # (train, test), per level
     rpn_post_nms_top_n: tuple[int, int] = (1000, 1000)  # (train, test), per image
+    rpn_nms_thresh: float = 0.7
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512
     box_head_dim: int = 1024  # TwoMLPHead representation size
@@ -266,6 +272,10 @@ class DetectionConfig(ModelConfig):
             raise ValueError(f"pos_embed must be 'crop' or 'resize', got {self.pos_embed!r}")
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per pyramid level (5), got {self.anchor_sizes}")
+        if self.nms_pre < 1 or not (0 < self.nms_thresh <= 1 and 0 < self.rpn_nms_thresh <= 1):
+            raise ValueError("nms_pre must be positive and NMS IoU thresholds in (0, 1]: "
+                             f"nms_pre={self.nms_pre}, nms_thresh={self.nms_thresh}, "
+                             f"rpn_nms_thresh={self.rpn_nms_thresh}")
 
     @property
     def with_masks(self) -> bool:

@@ -44,7 +44,8 @@ def test_ade20k_layout_and_label_reduction(ade_root):
     ds = ADE20KDataset(ade_root, "training")
     assert len(ds) == 2 and ds.class_names == ADE20K_CLASSES and ds.num_classes == 150
     s = ds[0]
-    assert s["image"].shape == (12, 16, 3) and s["image"].dtype == np.uint8 and s["name"] == "ADE_train_00000001"
+    assert s["image"].shape == (12, 16, 3) and s["image"].dtype == np.uint8
+    assert s["name"] == "ADE_train_00000001"
     # 0 ("other") -> 255 ignore, 1..150 -> 0..149
     assert (s["label"][:, :4] == 255).all() and (s["label"][:, 4:8] == 0).all()
     assert (s["label"][:, 8:12] == 149).all() and (s["label"][:, 12:] == 74).all()
@@ -63,7 +64,8 @@ def test_ade20k_errors_name_the_file(ade_root, tmp_path):
         ADE20KDataset(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="split"):
         ADE20KDataset(ade_root, "test")
-    _save_mask(ade_root / "annotations" / "training" / "ADE_train_00000002.png", np.full((12, 16), 151, np.uint8))
+    bad = np.full((12, 16), 151, np.uint8)
+    _save_mask(ade_root / "annotations" / "training" / "ADE_train_00000002.png", bad)
     with pytest.raises(DatasetError, match=r"ADE_train_00000002\.png has label values \[150\]"):
         ADE20KDataset(ade_root, "training").validate("full")
     ADE20KDataset(ade_root, "training").validate("fast")  # fast mode reads headers only
@@ -201,5 +203,55 @@ def test_write_folder_dataset_round_trip(tmp_path):
     train.validate("full")
     val.validate("full")
     ref = SyntheticSegDataset(3)
-    assert np.array_equal(train[1]["label"], ref[1]["label"]) and np.array_equal(train[1]["image"], ref[1]["image"])
+    assert np.array_equal(train[1]["label"], ref[1]["label"])
+    assert np.array_equal(train[1]["image"], ref[1]["image"])
     assert Image.open(root / "masks" / "train" / f"{ref[0]['name']}.png").mode == "P"
+
+
+def _save_turned_jpeg(path, h, w, orientation=6, seed=0):
+    """A JPEG stored h x w with an EXIF orientation: loading (as any photo viewer) shows it turned."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)).save(
+        path, exif=exif.tobytes())
+
+
+def test_exif_turned_image_is_checked_as_it_loads(folder_root):
+    """A phone photo stored 8x10 with EXIF orientation 6 loads as 10x8: its 8x10 mask (drawn on the stored
+    pixels) used to pass the header check and then kill training in a DataLoader worker."""
+    (folder_root / "images" / "b.png").unlink()
+    (folder_root / "masks" / "b.png").unlink()
+    _save_turned_jpeg(folder_root / "images" / "a.jpg", 8, 10)
+    ds = FolderDataset(folder_root)
+    pattern = r"image .*a\.jpg is 10x8 but its mask .*a\.png is 8x10.*EXIF orientation 6.*stored pixels.*" \
+              r"upright"
+    for mode in ("fast", "full"):
+        with pytest.raises(DatasetError, match=pattern):
+            ds.validate(mode)
+    with pytest.raises(ValueError, match=pattern):  # loading without validation names both files too
+        ds[0]
+    _save_mask(folder_root / "masks" / "a.png", np.ones((10, 8), np.uint8))  # drawn on the turned picture
+    ds.validate("full")
+    sample = ds[0]
+    assert sample["image"].shape[:2] == sample["label"].shape == (10, 8)
+
+
+def test_square_exif_turned_images_are_flagged(folder_root):
+    (folder_root / "images" / "b.png").unlink()
+    (folder_root / "masks" / "b.png").unlink()
+    _save_turned_jpeg(folder_root / "images" / "a.jpg", 8, 8, orientation=8)
+    _save_mask(folder_root / "masks" / "a.png", np.ones((8, 8), np.uint8))
+    with pytest.warns(UserWarning, match=r"1 square image\(s\) .* EXIF rotation.*a\.jpg"):
+        FolderDataset(folder_root).validate("fast")
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+def test_labels_beyond_the_classes_stop_loading_with_the_file(folder_root, reduce):
+    """With validation skipped (--skip-validate), a bad mask stops at the dataset, naming the file."""
+    _save_mask(folder_root / "masks" / "b.png", np.full((8, 10), 9, np.uint8))
+    ds = FolderDataset(folder_root, reduce_zero_label=reduce)
+    ds[0]
+    stored = " .after reducing zero label" if reduce else ""
+    with pytest.raises(ValueError, match=rf"mask .*b\.png has label values \[{8 if reduce else 9}\] outside "
+                                         rf"the 3 classes 0\.\.2{stored}"):
+        ds[1]

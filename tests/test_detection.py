@@ -77,10 +77,12 @@ def test_with_and_without_language_guidance_from_the_same_code():
     assert dense.backbone.fpn.extra_blocks.p6.in_channels == c5 + k
     assert base.backbone.fpn.extra_blocks.p6.in_channels == c5
     assert not dense.backbone.fpn.extra_blocks.use_P5
-    names = {n.split(".")[3] for n, _ in dense.named_parameters() if n.startswith("detector.backbone.prompting.")}
+    names = {n.split(".")[3] for n, _ in dense.named_parameters()
+             if n.startswith("detector.backbone.prompting.")}
     assert {"text_encoder", "contexts", "gamma", "context_decoder"} <= names
     base_names = [n for n, _ in base.named_parameters()]
-    assert not any("prompting" in n or "attnpool" in n for n in base_names) and base.backbone.prompting is None
+    assert not any("prompting" in n or "attnpool" in n for n in base_names)
+    assert base.backbone.prompting is None
     gamma = dense.backbone.prompting.gamma
     torch.testing.assert_close(gamma.detach(), torch.full_like(gamma, 1e-4))
     assert dense.backbone.prompting.text_encoder.transformer is not base.backbone.encoder  # parts, not copies
@@ -107,9 +109,11 @@ def test_positional_embedding_is_cropped_as_the_authors_do():
     from denseclip.encoders import resize_pos_embed
 
     big_tokens = big.flatten(2).transpose(1, 2)
-    big_expected = torch.cat([big_tokens.mean(1, keepdim=True), big_tokens], 1) + resize_pos_embed(pos, (4, 4), (5, 2))
+    big_expected = torch.cat([big_tokens.mean(1, keepdim=True), big_tokens], 1)
+    big_expected = big_expected + resize_pos_embed(pos, (4, 4), (5, 2))
     torch.testing.assert_close(body.pool_tokens(big), big_expected)
-    resized = build_detector("denseclip-retinanet-tiny", pretrained=False, pos_embed="resize").backbone.encoder
+    resized = build_detector("denseclip-retinanet-tiny", pretrained=False, pos_embed="resize")
+    resized = resized.backbone.encoder
     assert resized.pos_embed == "resize"
     torch.testing.assert_close(resized.pool_tokens(c5)[:, 1:] - tokens, resize_pos_embed(
         resized.visual.attnpool.positional_embedding, (4, 4), (3, 2))[1:].expand(1, -1, -1))
@@ -141,7 +145,8 @@ def test_presets_follow_the_paper():
             "maskrcnn-clip-rn50-coco"} <= set(list_presets(DetectionConfig))
     cfg = get_preset("denseclip-retinanet-rn50-coco")
     assert (cfg.min_size, cfg.max_size, cfg.input_resolution, cfg.num_classes) == (800, 1333, 1344, 80)
-    assert (cfg.tau, cfg.aux_loss_weight, cfg.prompt.num_contexts, cfg.prompt.class_token_budget) == (0.07, 1.0, 8, 5)
+    assert (cfg.tau, cfg.aux_loss_weight) == (0.07, 1.0)
+    assert (cfg.prompt.num_contexts, cfg.prompt.class_token_budget) == (8, 5)
     assert get_preset("maskrcnn-clip-rn50-coco").use_text is False
     assert DetectionConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(KeyError, match="available presets"):
@@ -176,7 +181,8 @@ def test_aux_target_matches_a_hand_computed_example():
 def test_aux_loss_equals_the_authors_formula():
     g = torch.Generator().manual_seed(0)
     score_map = (2 * torch.rand(2, 3, 2, 3, generator=g) - 1) / 0.07  # cosines / tau, stride 32 of 64 x 96
-    boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]), torch.tensor([[30.0, 8.0, 90.0, 60.0], [0.0, 0.0, 9.0, 9.0]])]
+    boxes = [torch.tensor([[4.0, 4.0, 40.0, 30.0]]),
+             torch.tensor([[30.0, 8.0, 90.0, 60.0], [0.0, 0.0, 9.0, 9.0]])]
     target, mask = aux_target(boxes, [torch.tensor([1]), torch.tensor([0, 2])], 3, (64, 96))
     # the authors: BCE(sigmoid(upsampled S / tau), target, weight=mask) summed / mask.sum() (here in float64)
     up = F.interpolate(score_map.double(), size=(16, 24), mode="bilinear", align_corners=False)
@@ -243,7 +249,8 @@ def test_param_groups_follow_the_authors_recipe():
             assert where[id(p)] == (1.0, 0.0), name
         else:
             assert where[id(p)] == (1.0, 1e-4), name
-    assert where[id(named["detector.backbone.prompting.context_decoder.decoder.0.norm1.weight"])] == (1.0, 0.0)
+    norm = named["detector.backbone.prompting.context_decoder.decoder.0.norm1.weight"]
+    assert where[id(norm)] == (1.0, 0.0)
     assert where[id(named["detector.backbone.prompting.contexts"])] == (1.0, 1e-4)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 from denseclip.config import TINY_DET_CLASSES
+from denseclip.data.base import DatasetError
 from denseclip.detection import (
     CocoDetection,
     build_detector,
@@ -46,7 +49,8 @@ def test_synthetic_coco_and_dataset(synth):
     n_boxes = 0
     for i in range(len(ds)):
         image, t = ds[i]
-        assert image.shape == (3, 96, 128) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+        assert image.shape == (3, 96, 128) and image.dtype == torch.float32
+        assert 0 <= image.min() <= image.max() <= 1
         assert t["labels"].dtype == torch.int64 and set(t["labels"].tolist()) <= {1, 2, 3}
         assert t["masks"].shape == (len(t["boxes"]), 96, 128)
         for box, mask in zip(t["boxes"], t["masks"]):  # the box is the extent of its mask
@@ -82,6 +86,67 @@ def test_dataset_errors(synth, tmp_path):
         CocoDetection(tmp_path, ann_file)[0]
 
 
+def _copy(synth, tmp_path, edit=None):
+    """A copy of the synthetic set whose json `edit` may change."""
+    image_dir, ann_file = synth
+    shutil.copytree(image_dir, tmp_path / "images")
+    data = json.loads(ann_file.read_text())
+    if edit is not None:
+        edit(data)
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    return tmp_path / "images", tmp_path / "instances.json"
+
+
+def test_validate_checks_sizes_as_loading_turns_them(synth, tmp_path):
+    image_dir, ann_file = _copy(synth, tmp_path)
+    CocoDetection(image_dir, ann_file).validate()
+    rgb = np.asarray(Image.open(image_dir / "000001.png"))  # 96 x 128: stored turned, EXIF turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb))).save(image_dir / "000001.png", exif=exif.tobytes())
+    ds = CocoDetection(image_dir, ann_file)
+    ds.validate()  # 128 x 96 on disk, 96 x 128 as loaded: fine
+    assert ds.load_image(ds.ids[1]).shape == (96, 128, 3)
+    Image.new("RGB", (100, 50)).save(image_dir / "000002.png")
+    (image_dir / "000003.png").unlink()
+    with pytest.raises(DatasetError, match=r"2 problem\(s\)") as err:
+        ds.validate()
+    assert any("000002.png is 50x100 (H x W)" in p and "says 96x128" in p for p in err.value.problems)
+    assert any("file not found" in p and "000003.png" in p for p in err.value.problems)
+
+
+def test_unknown_category_names_the_annotation(synth, tmp_path):
+    def edit(data):
+        data["annotations"][0]["category_id"] = 5
+
+    image_dir, ann_file = _copy(synth, tmp_path, edit)
+    ds = CocoDetection(image_dir, ann_file)
+    pattern = r"annotation 1 of image 000000\.png in .*instances\.json has category_id 5, which is not " \
+              r"one of its categories \[3, 7, 11\]"
+    with pytest.raises(DatasetError, match=pattern):
+        ds.validate()
+    with pytest.raises(ValueError, match=pattern):  # without validation, loading stops at it
+        ds[0]
+
+
+def _large_only(data):
+    """Keep one large box: no small or medium objects to score."""
+    data["annotations"] = [{**data["annotations"][0], "bbox": [0, 0, 120, 90], "area": 120.0 * 90}]
+
+
+def test_coco_minus_one_is_reported_as_absent(synth, tmp_path):
+    """COCOeval's -1 (no ground truth of a size) is NaN, not 0.0 AP, with and without detections."""
+    image_dir, ann_file = _copy(synth, tmp_path, _large_only)
+    ds = CocoDetection(image_dir, ann_file)
+    ids = list(ds.coco.imgs)
+    perfect = [{"image_id": ids[0], "category_id": ds.cat_ids[0], "bbox": [0, 0, 120, 90], "score": 0.9}]
+    stats, _ = coco_eval(ds.coco, perfect, "bbox", ids)
+    assert stats["AP"] == pytest.approx(1.0) and stats["APl"] == pytest.approx(1.0)
+    assert math.isnan(stats["APs"]) and math.isnan(stats["APm"])
+    empty, _ = coco_eval(ds.coco, [], "bbox", ids)
+    assert empty["AP"] == empty["APl"] == 0.0 and math.isnan(empty["APs"]) and math.isnan(empty["APm"])
+
+
 def test_cocoeval_scores_ground_truth_as_perfect(synth, tmp_path):
     """Detections made from the ground truth must score AP = 1: checks xyxy -> xywh, label -> category id,
     mask -> RLE, and the image ids."""
@@ -115,7 +180,9 @@ def test_evaluate_detector_end_to_end_writes_metrics(preset, synth, tmp_path):
     assert written["model"] == preset and written["num_images"] == 6 and written["num_detections"] > 0
     for t in types:
         for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-            assert 0.0 <= metrics[f"{t}_{k}"] <= 1.0 and written[f"{t}_{k}"] == metrics[f"{t}_{k}"]
+            v = metrics[f"{t}_{k}"]
+            absent = math.isnan(v) and k in ("APs", "APm", "APl")  # no objects of that size
+            assert absent or (0.0 <= v <= 1.0 and written[f"{t}_{k}"] == v)
     assert ("segm_AP" in written) == model.cfg.with_masks
     assert (tmp_path / "metrics_detections.json").is_file()
 

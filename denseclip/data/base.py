@@ -26,6 +26,8 @@ from .transforms import load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VALIDATE_MODES = ("full", "fast", "none")
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height: loading turns the picture by 90 degrees
+UPRIGHT_HINT = "save the image upright (PIL.ImageOps.exif_transpose(img).save(path)) or turn the mask"
 
 
 class DatasetError(ValueError):
@@ -85,7 +87,8 @@ def split_layout_samples(root: Path, split: str, splits: dict[str, str], title: 
     img_dir = require_dir(root / "images" / split, f"{title} {split} images", layout)
     ann_dir = require_dir(root / "annotations" / split, f"{title} {split} annotations", layout)
     name = f"{title} {split} ({root})"
-    return split, pair_by_stem(list_images(img_dir, (".jpg", ".jpeg", ".png")), ann_dir, label_suffix, name), name
+    images = list_images(img_dir, (".jpg", ".jpeg", ".png"))
+    return split, pair_by_stem(images, ann_dir, label_suffix, name), name
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -105,8 +108,8 @@ def read_label(path: str | Path) -> np.ndarray:
                 arr = np.asarray(img)
                 chans = arr[..., :3] if mode != "LA" else arr[..., :1]
                 if not (chans == chans[..., :1]).all():
-                    raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices: "
-                                     "save it as a palette PNG or a single-channel (L) PNG of class ids")
+                    raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices:"
+                                     " save it as a palette PNG or a single-channel (L) PNG of class ids")
                 arr = chans[..., 0]
             else:
                 raise ValueError(f"mask {path} has unsupported image mode {mode!r}; use a palette or "
@@ -126,18 +129,52 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def _header_size(path: Path, what: str) -> tuple[int, int]:
-    """(H, W) from the file header only; errors name the file."""
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored); a broken EXIF block counts as 1, as `load_image` does."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: loading keeps the stored pixels too
+        return 1
+
+
+def header_size(path: Path, what: str, oriented: bool = False) -> tuple[int, int, int]:
+    """(H, W, EXIF orientation) from the file header only; with `oriented`, H x W as loading gives it (turned
+    by the EXIF orientation, as `load_image` does). Errors name the file."""
     if not path.is_file():
         raise ValueError(f"{what} file not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"{what} file is empty (0 bytes): {path}")
     try:
         with Image.open(path) as img:
-            w, h = img.size
+            (w, h), orientation = img.size, exif_orientation(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{what} file is unreadable (not an image or corrupt header): {path} ({e})") from e
-    return h, w
+    return (w, h, orientation) if oriented and orientation in TURNED else (h, w, orientation)
+
+
+def size_mismatch(image: Path, image_hw: tuple[int, int], mask: Path, mask_hw: tuple[int, int],
+                  orientation: int) -> str:
+    """The problem of an image and its mask of different sizes (H x W as loaded), naming both files."""
+    h, w = image_hw
+    msg = f"image {image} is {h}x{w} but its mask {mask} is {mask_hw[0]}x{mask_hw[1]} (H x W)"
+    if orientation in TURNED:
+        drawn = "the size the image is stored with: it was drawn on the stored pixels" \
+            if tuple(mask_hw) == (w, h) else "neither orientation's size"
+        msg += f"; loading turns the image by 90 degrees (EXIF orientation {orientation}) and the mask has " \
+               f"{drawn}: {UPRIGHT_HINT}"
+    return msg
+
+
+def check_label_values(label: np.ndarray, path: Path, num_classes: int, ignore_index: int,
+                       reduced: bool = False) -> None:
+    """A ValueError naming the mask file when it holds values outside 0..K-1 other than ignore_index."""
+    values = np.unique(label)
+    bad = values[(values != ignore_index) & ((values < 0) | (values >= num_classes))]
+    if bad.size:
+        raw = " (after reducing zero label: stored values are one higher)" if reduced else ""
+        raise ValueError(f"mask {path} has label values {bad[:10].tolist()} outside the {num_classes} "
+                         f"classes 0..{num_classes - 1}{raw}; only ignore_index={ignore_index} may lie "
+                         "outside: fix the mask or the class list (validate() lists every such file)")
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -175,28 +212,41 @@ class SegDataset(torch.utils.data.Dataset):
         return load_image(self.samples[i].image)
 
     def load_label(self, i: int) -> np.ndarray:
-        label = read_label(self.samples[i].label)
-        return reduce_zero_label(label) if self.reduce_zero_label else label
+        """(H, W) int64 in training form; values outside the classes (but ignore_index) are an error naming
+        the file, so a dataset used without validation still stops at the bad mask."""
+        path = self.samples[i].label
+        label = read_label(path)
+        label = reduce_zero_label(label) if self.reduce_zero_label else label
+        check_label_values(label, path, self.num_classes, self.ignore_index, self.reduce_zero_label)
+        return label
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.load_image(i), self.load_label(i)
         if image.shape[:2] != label.shape:
-            raise ValueError(f"image {self.samples[i].image} is {image.shape[0]}x{image.shape[1]} but its mask "
-                             f"{self.samples[i].label} is {label.shape[0]}x{label.shape[1]} (H x W)")
+            s = self.samples[i]
+            with Image.open(s.image) as img:
+                orientation = exif_orientation(img)
+            raise ValueError(size_mismatch(s.image, image.shape[:2], s.label, label.shape, orientation))
         return {"image": image, "label": label, "name": self.samples[i].image.stem}
 
     # ------------------------------------------------------------------ validation
     def check_sample(self, i: int, mode: str = "full") -> list[str]:
-        """Problems of one sample (empty when fine). fast: headers and sizes; full: decode, label values."""
+        """Problems of one sample (empty when fine). fast: headers and sizes (the image's as loading turns
+        it by its EXIF orientation); full: also decode, label values."""
+        return self._check(i, mode)[0]
+
+    def _check(self, i: int, mode: str) -> tuple[list[str], bool]:
+        """(problems, whether the image is square and turned by its EXIF orientation: then the sizes cannot
+        tell whether the mask was drawn on the turned or the stored picture)."""
         s = self.samples[i]
         problems = []
         try:
-            hi = _header_size(s.image, "image")
-            hl = _header_size(s.label, "mask")
+            hi, wi, orientation = header_size(s.image, "image", oriented=True)
+            hl, wl, _ = header_size(s.label, "mask")
         except ValueError as e:
-            return [str(e)]
-        if hi != hl:
-            return [f"image {s.image} is {hi[0]}x{hi[1]} but its mask {s.label} is {hl[0]}x{hl[1]} (H x W)"]
+            return [str(e)], False
+        if (hi, wi) != (hl, wl):
+            return [size_mismatch(s.image, (hi, wi), s.label, (hl, wl), orientation)], False
         if mode == "full":
             try:
                 with warnings.catch_warnings():
@@ -205,17 +255,10 @@ class SegDataset(torch.utils.data.Dataset):
             except (ValueError, OSError) as e:
                 problems.append(str(e))
             try:
-                label = self.load_label(i)
+                self.load_label(i)
             except (ValueError, OSError) as e:
-                return problems + [str(e)]
-            values = np.unique(label)
-            bad = values[(values != self.ignore_index) & ((values < 0) | (values >= self.num_classes))]
-            if bad.size:
-                raw = " (after reducing zero label: stored values are one higher)" if self.reduce_zero_label else ""
-                problems.append(f"mask {s.label} has label values {bad[:10].tolist()} outside the "
-                                f"{self.num_classes} classes 0..{self.num_classes - 1}{raw}; only "
-                                f"ignore_index={self.ignore_index} may lie outside")
-        return problems
+                problems.append(str(e))
+        return problems, orientation in TURNED and hi == wi
 
     def validate(self, mode: str = "full", workers: int | None = None) -> None:
         """Check every sample before training; raise one DatasetError listing every problem found.
@@ -229,7 +272,13 @@ class SegDataset(torch.utils.data.Dataset):
             return
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
-            results = pool.map(lambda i: self.check_sample(i, mode), range(len(self)), chunksize=16)
-            problems = [p for r in results for p in r]
+            results = list(pool.map(lambda i: self._check(i, mode), range(len(self)), chunksize=16))
+        problems = [p for r, _ in results for p in r]
         if problems:
             raise DatasetError(problems, f"{self.name} ({len(self)} images, validate mode {mode!r})")
+        turned = [str(self.samples[i].image) for i, (_, square) in enumerate(results) if square]
+        if turned:
+            warnings.warn(f"{len(turned)} square image(s) of {self.name} carry an EXIF rotation, e.g. "
+                          f"{turned[:3]}: they load turned by 90 degrees, so their masks must be drawn on "
+                          "the turned pictures (drawn on the stored pixels, image and mask are 90 degrees "
+                          f"apart and no size check can tell); to be sure, {UPRIGHT_HINT}", stacklevel=2)

@@ -36,8 +36,9 @@ class FolderDataset(SegDataset):
         ignore_index: mask value that does not count.
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, class_names: Sequence[str] | str | None = None,
-                 reduce_zero_label: bool = False, ignore_index: int = 255):
+    def __init__(self, root: str | Path, split: str | None = None,
+                 class_names: Sequence[str] | str | None = None, reduce_zero_label: bool = False,
+                 ignore_index: int = 255):
         root = require_dir(Path(root), "dataset root", FOLDER_LAYOUT)
         img_root = require_dir(root / "images", "images", FOLDER_LAYOUT)
         mask_root = require_dir(root / "masks", "masks", FOLDER_LAYOUT)
@@ -58,14 +59,15 @@ class FolderDataset(SegDataset):
         else:
             split_file = root / "splits" / f"{split}.txt"
             if not split_file.is_file():
-                raise FileNotFoundError(f"split {split!r} not found in {root}: neither {img_root / split}/ nor "
-                                        f"{split_file} exists\nexpected layout:\n{FOLDER_LAYOUT}")
+                raise FileNotFoundError(f"split {split!r} not found in {root}: neither {img_root / split}/ "
+                                        f"nor {split_file} exists\nexpected layout:\n{FOLDER_LAYOUT}")
             img_dir, mask_dir = img_root, mask_root
             stems = [s.strip() for s in split_file.read_text("utf-8").splitlines() if s.strip()]
         images = list_images(img_dir)
         if stems is not None:
             by_stem = {p.stem: p for p in images}
-            missing = [f"{split_file}: image {s!r} listed but not found in {img_dir}" for s in stems if s not in by_stem]
+            missing = [f"{split_file}: image {s!r} listed but not found in {img_dir}"
+                       for s in stems if s not in by_stem]
             if missing:
                 raise DatasetError(missing, name)
             images = [by_stem[s] for s in stems]

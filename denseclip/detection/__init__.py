@@ -2,6 +2,8 @@
 
     model = denseclip.build_detector("denseclip-retinanet-rn50-coco")    # or "denseclip-maskrcnn-rn50-coco"
     r = denseclip.detect(model.eval(), "photo.jpg", score_threshold=0.3)   # r.boxes (N, 4), r.names, r.masks
+    model = denseclip.load_detector("retinanet_denseclip_r50_fpn_1x_coco.pth")   # the authors' weights, as
+                                                                               # mmdetection runs them
 """
 
 from .backbone import DenseCLIPBackbone

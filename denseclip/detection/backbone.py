@@ -5,7 +5,8 @@ Follow a tensor (the authors' DenseCLIP_RetinaNet / DenseCLIP_MaskRCNN `extract_
     t' = prompting(z_g, z) = t + gamma * context_decoder(t, [z_g; z])    (B, K, D)
     S  = normalize(z) . normalize(t')^T / tau                              (B, K, H/32, W/32)   score maps
     C5' = cat(C5, S)
-    RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (mmdet add_extra_convs='on_input')
+    RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (add_extra_convs='on_input';
+                with cfg.mmdet_compat P7 = conv(P6), as mmdet's relu_before_extra_convs=False)
     Mask R-CNN: FPN(C2, C3, C4, C5') -> P2..P5, P6 = maxpool(P5)
 `forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want.
 """
@@ -25,6 +26,15 @@ from ..ops import score_maps
 from ..prompting import ContextPrompting
 
 
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """P6 = conv(C5'), P7 = conv(P6): mmdetection's extra convs "on_input" without a ReLU before P7
+    (torchvision's LastLevelP6P7 has one). Same parameters (p6, p7), so the same state dict."""
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
+        p6 = self.p6(c[-1])
+        return [*p, p6, self.p7(p6)], [*names, "p6", "p7"]
+
+
 class DenseCLIPBackbone(nn.Module):
     """CLIP ResNet stage features (+ pixel-text score maps on C5) -> FPN.
 
@@ -40,18 +50,21 @@ class DenseCLIPBackbone(nn.Module):
             channels[3] += cfg.num_classes
         if cfg.detector == "retinanet":
             self.in_levels = (1, 2, 3)  # C3, C4, C5 (mmdet start_level=1)
-            extra = LastLevelP6P7(channels[3], cfg.fpn_channels)
+            p6p7 = LastLevelP6P7NoReLU if cfg.mmdet_compat else LastLevelP6P7
+            extra = p6p7(channels[3], cfg.fpn_channels)
             extra.use_P5 = False  # always on the input C5 (with scores), as add_extra_convs='on_input'
             self.level_names = ("p3", "p4", "p5", "p6", "p7")
         else:
             self.in_levels = (0, 1, 2, 3)
             extra = LastLevelMaxPool()
             self.level_names = ("p2", "p3", "p4", "p5", "p6")
-        self.fpn = FeaturePyramidNetwork([channels[i] for i in self.in_levels], cfg.fpn_channels, extra_blocks=extra)
+        self.fpn = FeaturePyramidNetwork([channels[i] for i in self.in_levels], cfg.fpn_channels,
+                                         extra_blocks=extra)
         self.out_channels = cfg.fpn_channels
         self.strides = tuple(2 ** int(n[1:]) for n in self.level_names)
 
-    def forward_with_score_map(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor], torch.Tensor | None]:
+    def forward_with_score_map(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor],
+                                                                torch.Tensor | None]:
         """x (B, 3, H, W), normalised -> (FPN features {name: (B, C, H/s, W/s)}, S / tau (B, K, H/32, W/32)
         or None for the baseline)."""
         enc = self.encoder(x)

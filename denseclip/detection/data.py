@@ -2,8 +2,8 @@
 
     ds = CocoDetection("data/coco/train2017", "data/coco/annotations/instances_train2017.json",
                        train=True, with_masks=True)
-    image, target = ds[0]     # image (3, H, W) float in [0, 1]; target: boxes (N, 4) xyxy, labels (N,) in 1..K,
-                              # masks (N, H, W) uint8 (with_masks), image_id, orig_size (H, W)
+    image, target = ds[0]     # image (3, H, W) float in [0, 1]; target: boxes (N, 4) xyxy, labels (N,)
+                              # in 1..K, masks (N, H, W) uint8 (with_masks), image_id, orig_size (H, W)
     loader = DataLoader(ds, batch_size=2, collate_fn=collate_detection)
 
 Categories are ordered by id and numbered 1..K (0 is torchvision's background); `cat_ids[label - 1]`
@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from ..data.base import TURNED, DatasetError, exif_orientation, header_size
 
 
 def _quiet_coco(ann_file: str | Path):
@@ -46,8 +50,9 @@ class CocoDetection(torch.utils.data.Dataset):
     class_names: if given, must match the json's category names (in id order); catches a model/dataset mix-up.
     """
 
-    def __init__(self, image_dir: str | Path, ann_file: str | Path, train: bool = False, with_masks: bool = False,
-                 hflip_prob: float | None = None, class_names: Sequence[str] | None = None):
+    def __init__(self, image_dir: str | Path, ann_file: str | Path, train: bool = False,
+                 with_masks: bool = False, hflip_prob: float | None = None,
+                 class_names: Sequence[str] | None = None):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
@@ -61,10 +66,10 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"{self.ann_file} defines no categories")
         self.class_names = tuple(self.coco.cats[c]["name"] for c in self.cat_ids)
         if class_names is not None and tuple(class_names) != self.class_names:
-            raise ValueError(f"the model's {len(class_names)} class names differ from the {len(self.class_names)} "
-                             f"categories of {self.ann_file}: first differences "
-                             f"{[(a, b) for a, b in zip(class_names, self.class_names) if a != b][:5]}; build the "
-                             "model with class_names=dataset.class_names")
+            diff = [(a, b) for a, b in zip(class_names, self.class_names) if a != b][:5]
+            raise ValueError(f"the model's {len(class_names)} class names differ from the "
+                             f"{len(self.class_names)} categories of {self.ann_file}: first differences "
+                             f"{diff}; build the model with class_names=dataset.class_names")
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
         ids = sorted(self.coco.imgs)
         if train:
@@ -73,14 +78,41 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"{self.ann_file} has no {'annotated ' if train else ''}images")
         self.ids = ids
 
-    def validate(self, max_shown: int = 20) -> None:
-        """Check that every image file of the json exists (cheap: no decoding); one error lists them all."""
-        missing = [self.coco.imgs[i]["file_name"] for i in self.ids
-                   if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()]
-        if missing:
-            more = f" ... and {len(missing) - max_shown} more" if len(missing) > max_shown else ""
-            raise FileNotFoundError(f"{len(missing)} image(s) of {self.ann_file} are missing from {self.image_dir}: "
-                                    f"{missing[:max_shown]}{more}")
+    def validate(self, max_shown: int = 20, workers: int | None = None) -> None:
+        """Check every image of the json before training, from file headers only (no decoding): it exists,
+        reads, and has the json's width x height as loading gives it (as stored, or turned by its EXIF
+        orientation); every annotation names one of the categories. One DatasetError lists every problem."""
+        with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+            problems = [p for r in pool.map(self._problems, self.ids, chunksize=64) for p in r]
+        if problems:
+            where = f"{self.ann_file} ({len(self.ids)} images in {self.image_dir})"
+            raise DatasetError(problems, where, max_shown)
+
+    def _problems(self, image_id: int) -> list[str]:
+        info = self.coco.imgs[image_id]
+        anns = self.coco.imgToAnns.get(image_id, [])
+        problems = [self._unknown_category(a, info) for a in anns if a["category_id"] not in self.label_of]
+        try:
+            h, w, orientation = header_size(self.image_dir / info["file_name"], "image")
+        except ValueError as e:
+            return [f"{e} (listed in {self.ann_file})", *problems]
+        expected = (int(info["height"]), int(info["width"]))
+        if (h, w) != expected and not (orientation in TURNED and (w, h) == expected):
+            problems.append(self._wrong_size(info, (h, w), orientation))
+        return problems
+
+    def _wrong_size(self, info: dict, hw: tuple[int, int], orientation: int) -> str:
+        turned = f" (stored; EXIF orientation {orientation} turns it to {hw[1]}x{hw[0]})" \
+            if orientation in TURNED else ""
+        return (f"image {self.image_dir / info['file_name']} is {hw[0]}x{hw[1]} (H x W){turned} but "
+                f"{self.ann_file} says {info['height']}x{info['width']}: the image and its annotations do "
+                "not belong together: use the image file the annotations were made on (not a resized or "
+                "rotated copy)")
+
+    def _unknown_category(self, ann: dict, info: dict) -> str:
+        return (f"annotation {ann.get('id')} of image {info['file_name']} in {self.ann_file} has category_id "
+                f"{ann['category_id']}, which is not one of its categories {sorted(self.label_of)}: fix the "
+                "annotation or add the category (validate() lists every such annotation)")
 
     @staticmethod
     def _usable(ann: dict) -> bool:
@@ -96,19 +128,20 @@ class CocoDetection(torch.utils.data.Dataset):
         return int(info["height"]), int(info["width"])
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB in the json's width x height (EXIF rotation applied only if that is what matches)."""
+        """(H, W, 3) uint8 RGB in the json's width x height (EXIF rotation applied only if that matches)."""
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"image {info['file_name']} of {self.ann_file} not found in {self.image_dir}")
+            raise FileNotFoundError(f"image {info['file_name']} of {self.ann_file} not found in "
+                                    f"{self.image_dir}")
         with Image.open(path) as img:
             img.load()
             size = (int(info["width"]), int(info["height"]))
+            stored, orientation = img.size, exif_orientation(img)
             if img.size != size:
                 img = ImageOps.exif_transpose(img)
             if img.size != size:
-                raise ValueError(f"{path} is {img.size[0]}x{img.size[1]} but {self.ann_file} says "
-                                 f"{size[0]}x{size[1]}; the image and its annotations do not belong together")
+                raise ValueError(self._wrong_size(info, stored[::-1], orientation))
             return np.asarray(img.convert("RGB")).copy()
 
     def load(self, index: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
@@ -123,12 +156,16 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         anns = [a for a, k in zip(anns, keep.tolist()) if k]
+        unknown = [a for a in anns if a["category_id"] not in self.label_of]
+        if unknown:  # a dataset used without validate() still stops here, naming the annotation
+            raise ValueError(self._unknown_category(unknown[0], self.coco.imgs[image_id]))
         target = {"boxes": boxes[keep],
                   "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
                   "image_id": torch.tensor(image_id), "orig_size": torch.tensor([h, w])}
         if self.with_masks:
             masks = [self.coco.annToMask(a) for a in anns]
-            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, h, w, dtype=torch.uint8)
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else \
+                torch.zeros(0, h, w, dtype=torch.uint8)
         return rgb, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,7 +180,7 @@ def to_sample(rgb: np.ndarray, target: dict[str, torch.Tensor], flip: bool = Fal
     return hflip(image, target) if flip else (image, target)
 
 
-def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     """Mirror an image (3, H, W) and its boxes (x -> W - x) and masks."""
     w = image.shape[-1]
     target = dict(target)

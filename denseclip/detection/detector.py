@@ -1,8 +1,8 @@
 """DenseCLIP detectors: torchvision RetinaNet / Mask R-CNN on a DenseCLIP backbone, plus the auxiliary loss.
 
     model = build_detector("denseclip-retinanet-rn50-coco")      # preset name or DetectionConfig
-    losses = model(images, targets)          # train: torchvision's losses, "loss_aux" (DenseCLIP only), "loss" (sum)
-    detections = model(images)               # eval: torchvision's list of {"boxes", "scores", "labels"(, "masks")}
+    losses = model(images, targets)    # train: torchvision's losses, "loss_aux" (DenseCLIP), "loss" (sum)
+    detections = model(images)         # eval: torchvision's list of {"boxes", "scores", "labels"(, "masks")}
 
 Labels follow torchvision: 1..K index `class_names` (label - 1), 0 is background. Images are float
 (3, H, W) in [0, 1]; torchvision's transform resizes them (min_size/max_size) and normalises them
@@ -16,6 +16,7 @@ the auxiliary target needs the boxes in the transformed (resized, padded) image.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ from ..encoders import CLIPResNetEncoder
 from ..optim import param_groups
 from ..prompting import ContextPrompting
 from .backbone import DenseCLIPBackbone
+from .mmdet import LevelRoIAlign, MMDetAnchorGenerator, MMDetBoxCoder
+from .mmdet_inference import mmdet_detect
 
 AUX_STRIDE = 4  # the authors build the box target and upsample the score maps at stride 4 (C2)
 
@@ -62,7 +65,7 @@ def aux_target(boxes: Sequence[torch.Tensor], classes: Sequence[torch.Tensor], n
 
 def aux_loss(score_map: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """BCE of the score maps (already / tau) upsampled to the target grid, over the pixels inside any box,
-    averaged over those pixels and the K classes (the authors' `compute_seg_loss`; 0 when there are no boxes)."""
+    averaged over those pixels and the K classes (the authors' `compute_seg_loss`; 0 without boxes)."""
     s = F.interpolate(score_map.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
     weight = mask.expand_as(target)
     loss = F.binary_cross_entropy_with_logits(s, target, weight=weight, reduction="sum")
@@ -79,34 +82,7 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
     def __init__(self, backbone: DenseCLIPBackbone, cfg: DetectionConfig):
         super().__init__()
         self.cfg = cfg
-        k = cfg.num_classes
-        common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(CLIP_MEAN),
-                      image_std=list(CLIP_STD))
-        ratios = ((0.5, 1.0, 2.0),) * 5
-        if cfg.detector == "retinanet":
-            # 3 scales per octave (mmdet octave_base_scale=4, scales_per_octave=3); K sigmoid classes, no background
-            sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in cfg.anchor_sizes)
-            self.detector = RetinaNet(backbone, num_classes=k, anchor_generator=AnchorGenerator(sizes, ratios),
-                                      score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                                      detections_per_img=cfg.detections_per_img, **common)
-        else:
-            c, names = cfg.fpn_channels, list(backbone.level_names[:4])  # RoIs pool from P2..P5
-            self.detector = MaskRCNN(
-                backbone, num_classes=None,
-                rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), ratios),
-                rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0], rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
-                rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0],
-                rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n[1],
-                rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-                box_roi_pool=MultiScaleRoIAlign(names, 7, 2), box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
-                box_predictor=FastRCNNPredictor(cfg.box_head_dim, k + 1),
-                box_score_thresh=cfg.score_thresh, box_nms_thresh=cfg.nms_thresh,
-                box_detections_per_img=cfg.detections_per_img,
-                box_batch_size_per_image=cfg.box_batch_size_per_image,
-                mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
-                mask_head=MaskRCNNHeads(c, (cfg.mask_head_channels,) * 4, 1),
-                mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, k + 1),
-                **common)
+        self.detector = (_retinanet if cfg.detector == "retinanet" else _maskrcnn)(backbone, cfg)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -124,6 +100,8 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
         images = check_images(images)
         if self.is_retinanet and targets is not None:  # RetinaNet has K logits: classes 0..K-1
             targets = [{**t, "labels": t["labels"] - 1} for t in targets]
+        if not self.training and self.cfg.mmdet_compat:  # the authors' checkpoints: mmdetection's test path
+            return mmdet_detect(self, images)
         if not self.training:
             detections = self.detector(images)
             if self.is_retinanet:
@@ -157,8 +135,8 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
         """AdamW groups as the authors' recipe: the CLIP image tower (and an unfrozen text encoder) at
         lr x0.1, no weight decay on parameters whose names contain "norm" outside those, the rest at lr."""
         bb = "detector.backbone."
-        return param_groups(self, lr, weight_decay, {bb + "encoder.": backbone_lr_mult,
-                                                     bb + "prompting.text_encoder.": backbone_lr_mult}, norm_decay)
+        mults = {bb + "encoder.": backbone_lr_mult, bb + "prompting.text_encoder.": backbone_lr_mult}
+        return param_groups(self, lr, weight_decay, mults, norm_decay)
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, detector={self.cfg.detector}, classes={self.cfg.num_classes}, " \
@@ -171,9 +149,9 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
     def card_text(self, metrics: dict | None = None, repo_id: str = "user/repo") -> str:
         cfg = self.cfg
         lines = [f"# {repo_id.split('/')[-1]}", "",
-                 f"DenseCLIP {cfg.detector} `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} classes, "
-                 f"{'language-guided' if cfg.use_text else 'CLIP baseline'}), a torchvision detector "
-                 "(DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
+                 f"DenseCLIP {cfg.detector} `{cfg.name}` (CLIP `{cfg.clip_model}`, {cfg.num_classes} "
+                 f"classes, {'language-guided' if cfg.use_text else 'CLIP baseline'}), a torchvision "
+                 "detector (DenseCLIP, Rao et al., CVPR 2022).", "", "```python", "import denseclip",
                  f'model = denseclip.load_detector("{repo_id}")',
                  'r = denseclip.detect(model, "photo.jpg")  # r.boxes, r.names, r.scores', "```", ""]
         if metrics:
@@ -181,8 +159,64 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
             cols = [f"{'box' if k == 'bbox' else 'mask'} {m}" for k in kinds for m in ("AP", "AP50", "AP75")]
             values = [metrics.get(f"{k}_{m}", float("nan")) for k in kinds for m in ("AP", "AP50", "AP75")]
             lines += ["## Validation (COCO)", "", "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols),
-                      "| " + " | ".join(f"{100 * v:.1f}" for v in values) + " |", ""]
+                      "| " + " | ".join("n/a" if v != v else f"{100 * v:.1f}" for v in values) + " |", ""]
         return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
+
+
+RATIOS = ((0.5, 1.0, 2.0),) * 5  # anchor height / width at every level (mmdet and torchvision alike)
+OCTAVE = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # RetinaNet: 3 scales per octave (mmdet octave_base_scale=4)
+
+
+def _transform_args(cfg: DetectionConfig) -> dict:
+    return dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(CLIP_MEAN),
+                image_std=list(CLIP_STD))
+
+
+def _retinanet(backbone: DenseCLIPBackbone, cfg: DetectionConfig) -> RetinaNet:
+    """torchvision's RetinaNet with K sigmoid classes (no background); mmdetection's anchors and box
+    decoding with cfg.mmdet_compat, torchvision's (rounded anchors) otherwise."""
+    if cfg.mmdet_compat:
+        sizes = tuple(tuple(s * o for o in OCTAVE) for s in cfg.anchor_sizes)
+        anchors = MMDetAnchorGenerator(sizes, RATIOS, backbone.strides)
+    else:
+        sizes = tuple((s, int(s * OCTAVE[1]), int(s * OCTAVE[2])) for s in cfg.anchor_sizes)
+        anchors = AnchorGenerator(sizes, RATIOS)
+    det = RetinaNet(backbone, num_classes=cfg.num_classes, anchor_generator=anchors,
+                    score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                    detections_per_img=cfg.detections_per_img, topk_candidates=cfg.nms_pre,
+                    **_transform_args(cfg))
+    if cfg.mmdet_compat:
+        det.box_coder = MMDetBoxCoder(det.box_coder.weights)
+    return det
+
+
+def _maskrcnn(backbone: DenseCLIPBackbone, cfg: DetectionConfig) -> MaskRCNN:
+    """torchvision's Mask R-CNN (K + 1 classes, background first); with cfg.mmdet_compat mmdetection's RPN
+    anchors, box decoding and RoI features (mmcv RoIAlign, level by size with finest scale 56)."""
+    k, c, names = cfg.num_classes, cfg.fpn_channels, list(backbone.level_names[:4])  # RoIs pool from P2..P5
+    sizes = tuple((s,) for s in cfg.anchor_sizes)
+    if cfg.mmdet_compat:
+        anchors = MMDetAnchorGenerator(sizes, RATIOS, backbone.strides)
+        box_pool, mask_pool = (LevelRoIAlign(names, n, backbone.strides[:4]) for n in (7, 14))
+    else:
+        anchors = AnchorGenerator(sizes, RATIOS)
+        box_pool, mask_pool = MultiScaleRoIAlign(names, 7, 2), MultiScaleRoIAlign(names, 14, 2)
+    det = MaskRCNN(
+        backbone, num_classes=None, rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0], rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0], rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n[1],
+        rpn_nms_thresh=cfg.rpn_nms_thresh, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_roi_pool=box_pool, box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, k + 1), box_score_thresh=cfg.score_thresh,
+        box_nms_thresh=cfg.nms_thresh, box_detections_per_img=cfg.detections_per_img,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, mask_roi_pool=mask_pool,
+        mask_head=MaskRCNNHeads(c, (cfg.mask_head_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, k + 1),
+        **_transform_args(cfg))
+    if cfg.mmdet_compat:
+        det.rpn.box_coder = MMDetBoxCoder(det.rpn.box_coder.weights)
+        det.roi_heads.box_coder = MMDetBoxCoder(det.roi_heads.box_coder.weights)
+    return det
 
 
 def check_images(images) -> list[torch.Tensor]:
@@ -197,7 +231,8 @@ def check_images(images) -> list[torch.Tensor]:
             shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
             raise ValueError(f"image #{i} must be a (3, H, W) tensor, got {shape}")
         if not im.is_floating_point():
-            raise ValueError(f"image #{i} has dtype {im.dtype}; give float values in [0, 1] (divide uint8 by 255)")
+            raise ValueError(f"image #{i} has dtype {im.dtype}; give float values in [0, 1] "
+                             "(divide uint8 by 255)")
     return list(images)
 
 
@@ -208,7 +243,8 @@ def check_targets(targets, num_classes: int, shifted: bool, with_masks: bool) ->
         if not torch.is_tensor(boxes) or boxes.ndim != 2 or boxes.shape[-1] != 4:
             raise ValueError(f"target #{i}: 'boxes' must be a (N, 4) xyxy tensor")
         if not torch.is_tensor(labels) or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"target #{i}: 'labels' must be a (N,) tensor matching the {boxes.shape[0]} boxes")
+            raise ValueError(f"target #{i}: 'labels' must be a (N,) tensor matching the "
+                             f"{boxes.shape[0]} boxes")
         if labels.numel() and (labels.min() < lo or labels.max() > hi):
             raise ValueError(f"target #{i}: labels must be in 1..{num_classes} (0 is background); "
                              f"got {sorted(set((labels + (1 if shifted else 0)).tolist()))[:10]}")
@@ -239,26 +275,50 @@ def assemble(cfg: DetectionConfig, clip_model: nn.Module) -> DenseCLIPDetector:
         raise ValueError(f"detection needs a CLIP ResNet image tower (RN50, RN101, ...); {cfg.clip_model!r} "
                          f"has {type(clip_model.visual).__name__}")
     text = cfg.prompt is not None
-    encoder = CLIPResNetEncoder(clip_model.visual, cfg.input_resolution, pos_embed=cfg.pos_embed, embeddings=text)
+    encoder = CLIPResNetEncoder(clip_model.visual, cfg.input_resolution, pos_embed=cfg.pos_embed,
+                                embeddings=text)
     prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt) if text else None
     if prompting is not None and prompting.embed_dim != encoder.embed_dim:
-        raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim {prompting.embed_dim}")
+        raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim "
+                         f"{prompting.embed_dim}")
     return DenseCLIPDetector(DenseCLIPBackbone(encoder, prompting, cfg), cfg)
 
 
 def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None = None,
-                  device: str | torch.device = "cpu") -> DenseCLIPDetector:
-    """A detector (eval mode) from our .safetensors file, a folder holding model.safetensors (a training
-    checkpoint, `final/`), or a Hub repo id. `config` overrides the stored config (a preset name or config)."""
-    from safetensors.torch import load_file
+                  device: str | torch.device = "cpu",
+                  class_names: Sequence[str] | None = None) -> DenseCLIPDetector:
+    """A detector in eval mode from:
 
-    path = checkpoint_file(path_or_repo)
-    stored = read_stored_config(path)
-    if config is None and stored is None:
-        raise ValueError(f"{path} carries no config; pass config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
-    cfg = resolve(config, DetectionConfig) if config is not None else config_from_dict(stored)
-    if not isinstance(cfg, DetectionConfig):
-        raise ValueError(f"{path} holds a {type(cfg).__name__} (a segmentor): load it with denseclip.load_checkpoint")
+    - our `.safetensors` file, a folder holding model.safetensors (a training checkpoint, `final/`), or a
+      Hub repo id; `config` overrides the stored config (a preset name or a DetectionConfig);
+    - the authors' released mmdetection 2.x checkpoints (`retinanet_denseclip_r50_fpn_1x_coco.pth`, ...):
+      read with weights_only=True, the architecture read off the tensors, class names from
+      meta["CLASSES"] (COCO's when absent), mmdetection's test-time semantics (cfg.mmdet_compat), so the
+      detections are theirs; `config` then only supplies what tensors cannot tell (thresholds, image size).
+    `class_names` renames the classes (same count).
+    """
+    path, name = checkpoint_file(path_or_repo), str
+    base = resolve(config, DetectionConfig) if config is not None else None
+    names = tuple(class_names) if class_names is not None else None
+    if path.suffix in (".pth", ".pt"):
+        from ..official import authors_detector_name, load_official_detector
+
+        cfg, state = load_official_detector(path, base, names)
+        name = partial(authors_detector_name, cfg.detector)
+    else:
+        from safetensors.torch import load_file
+
+        stored = read_stored_config(path)
+        if base is None and stored is None:
+            raise ValueError(f"{path} carries no config; pass config='denseclip-retinanet-rn50-coco' or a "
+                             "DetectionConfig")
+        cfg = base or config_from_dict(stored)
+        if not isinstance(cfg, DetectionConfig):
+            raise ValueError(f"{path} holds a {type(cfg).__name__} (a segmentor): load it with "
+                             "denseclip.load_checkpoint")
+        state = load_file(str(path))
+    if names is not None:
+        cfg = cfg.replace(class_names=names)
     model = assemble(cfg, clip_for(cfg))
-    load_state_checked(model, load_file(str(path)), str(path))
+    load_state_checked(model, state, str(path), name)
     return model.to(device).eval()

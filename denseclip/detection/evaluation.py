@@ -3,6 +3,10 @@
     metrics = evaluate_detector(model, loader, dataset, out_json="run/metrics.json")
     metrics["bbox_AP"], metrics["segm_AP"]          # fractions in [0, 1] (the paper reports x100)
 
+A metric COCO cannot compute is NaN, not 0: COCOeval's -1 means "no ground-truth objects of this size"
+(APs / APm / APl when the evaluated images hold no small, medium or large objects), which is an absent
+number, not a zero score. The JSON file writes it as NaN (Python's json reads it back).
+
 Under torchrun every rank runs its share of the loader (a DistributedSampler); the results are gathered,
 de-duplicated by image id (the sampler pads with repeats) and scored on rank 0, which returns the metrics and
 writes the JSON; other ranks return {}.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,12 +27,15 @@ import torch
 import torch.distributed as dist
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's
+               "APm": (32 ** 2, 96 ** 2), "APl": (96 ** 2, 1e10)}
 
 
 def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat_ids: Sequence[int],
                        with_masks: bool, mask_threshold: float = 0.5) -> list[dict]:
     """torchvision detections (boxes xyxy at the original image size, labels 1..K, masks (N, 1, H, W)) ->
-    COCO result dicts ({"image_id", "category_id", "bbox" xywh, "score"(, "segmentation" RLE)})."""
+    COCO result dicts ({"image_id", "category_id", "bbox" xywh, "score"(, "segmentation" RLE)}); a mask
+    pixel counts where its probability is >= mask_threshold (mmdetection's mask_thr_binary)."""
     from pycocotools import mask as mask_utils
 
     out = []
@@ -39,7 +47,7 @@ def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat
         scores, labels = det["scores"].tolist(), det["labels"].tolist()
         rles = None
         if with_masks:
-            masks = (det["masks"][:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+            masks = (det["masks"][:, 0] >= mask_threshold).cpu().numpy().astype(np.uint8)
             rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
         for j, (box, score, label) in enumerate(zip(xywh, scores, labels)):
             r = {"image_id": int(image_id), "category_id": int(cat_ids[label - 1]),
@@ -50,13 +58,22 @@ def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat
     return out
 
 
+def _has_ground_truth(coco_gt, image_ids: list[int], area: tuple[float, float]) -> bool:
+    """Whether COCOeval has a ground-truth object to score in this area range (crowds are ignored)."""
+    anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids))
+    return any(not a.get("iscrowd", 0) and area[0] <= a["area"] <= area[1] for a in anns)
+
+
 def coco_eval(coco_gt, results: list[dict], iou_type: str, image_ids: Iterable[int]) -> tuple[dict, str]:
-    """COCOeval over `image_ids` -> ({"AP", "AP50", ..., "APl"} in [0, 1], the printed summary table)."""
+    """COCOeval over `image_ids` -> ({"AP", "AP50", ..., "APl"} in [0, 1], NaN where there is no ground
+    truth to score; the printed summary table)."""
     from pycocotools.cocoeval import COCOeval
 
     image_ids = sorted(set(int(i) for i in image_ids))
     if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
-        return dict.fromkeys(METRIC_NAMES, 0.0), f"{iou_type}: no detections, every AP is 0"
+        stats = {k: 0.0 if _has_ground_truth(coco_gt, image_ids, AREA_RANGES[k]) else math.nan
+                 for k in METRIC_NAMES}
+        return stats, f"{iou_type}: no detections, every AP with ground truth is 0"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(results)
@@ -65,14 +82,14 @@ def coco_eval(coco_gt, results: list[dict], iou_type: str, image_ids: Iterable[i
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = {name: max(float(v), 0.0) for name, v in zip(METRIC_NAMES, ev.stats[:6])}  # -1 (no gt) -> 0
+    stats = {name: float(v) if v >= 0 else math.nan for name, v in zip(METRIC_NAMES, ev.stats[:6])}
     table = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
     return stats, table
 
 
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, loader: Iterable, cat_ids: Sequence[int], with_masks: bool,
-                    device: str | torch.device = "cpu", progress: bool = False) -> tuple[list[dict], list[int]]:
+                    device: str | torch.device = "cpu", progress: bool = False) -> tuple[list[dict], list]:
     """Run the detector over a loader of (images, targets with image_id) -> (COCO results, image ids)."""
     was_training = model.training
     model.eval()
@@ -107,7 +124,8 @@ def _gather(results: list[dict], seen: list[int]) -> tuple[list[dict], list[int]
 
 
 def evaluate_detector(model: torch.nn.Module, loader: Iterable, dataset, device: str | torch.device = "cpu",
-                      out_json: str | Path | None = None, progress: bool = False, extra: dict | None = None) -> dict:
+                      out_json: str | Path | None = None, progress: bool = False,
+                      extra: dict | None = None) -> dict:
     """COCOeval box AP (and mask AP when the dataset has masks) of `model` over `loader`.
 
     dataset: the CocoDetection the loader reads (its `coco`, `cat_ids`, `with_masks`). Returns

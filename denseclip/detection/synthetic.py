@@ -31,7 +31,8 @@ def _polygon(shape: str, cx: float, cy: float, rx: float, ry: float) -> list[flo
     if shape == "box":
         pts = [(cx - rx, cy - ry), (cx + rx, cy - ry), (cx + rx, cy + ry), (cx - rx, cy + ry)]
     else:
-        pts = [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+        angles = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+        pts = [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles]
     return [round(float(v), 2) for p in pts for v in p]
 
 
@@ -54,7 +55,8 @@ def make_synthetic_image(index: int, seed: int = 0, split: str = "train", size: 
         cx = slot * (j + 0.5) + rng.uniform(-0.1, 0.1) * slot
         cy = rng.uniform(ry + 2, h - ry - 2)
         poly = _polygon(shape, cx, cy, rx, ry)
-        draw.polygon(list(zip(poly[0::2], poly[1::2])), fill=tuple(int(c + rng.integers(-15, 16)) for c in colour))
+        fill = tuple(int(c + rng.integers(-15, 16)) for c in colour)
+        draw.polygon(list(zip(poly[0::2], poly[1::2])), fill=fill)
         rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
         x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
         seg = [poly]
