@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 __all__ = [
-    "PALETTES", "make_palette", "colorize", "label_map_png", "labels_to_png16", "overlay", "heatmap",
-    "scoremap_figure", "scoremap_gallery", "coverage_figure",
+    "PALETTES", "make_palette", "distinct_palette", "colorize", "label_map_png", "labels_to_png16", "overlay",
+    "heatmap", "scoremap_figure", "scoremap_gallery", "coverage_figure",
     "figure_to_image", "save_figure",
 ]
 
@@ -146,6 +146,21 @@ def make_palette(num_classes: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def distinct_palette(num_classes: int) -> np.ndarray:
+    """Vivid colours that are easy to tell apart, shape (num_classes, 3) uint8: matplotlib's tab20 (its
+    ten strong colours first, then their light partners) for up to 20 classes, else ``make_palette``.
+
+    For a handful of classes; for ADE20K's 150, ``make_palette`` keeps the paper's colours (whose first
+    two, wall and building, are both grey)."""
+    if num_classes > 20:
+        return make_palette(num_classes)
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    tab = matplotlib.colormaps["tab20"].colors  # pairs (strong, light)
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    return (np.asarray([tab[i] for i in order[:num_classes]]).reshape(-1, 3) * 255).round().astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------------- label maps
 def colorize(labels: Any, palette: Any = None, ignore_index: int | None = 255) -> Image.Image:
     """RGB image of a label map (H, W); ``ignore_index`` pixels are black. ``palette`` is (N, 3) or a name."""
@@ -255,23 +270,35 @@ def _panel_order(scores: np.ndarray, sort_by: Any, order: Sequence[int] | None =
     return np.argsort(-key, kind="stable")  # descending, ties keep class order
 
 
+def _grid(n_panels: int, max_cols: int = 6) -> tuple[int, int]:
+    """(rows, cols) for n panels: at most max_cols per row, rows as even as possible."""
+    rows = math.ceil(n_panels / max_cols)
+    return rows, math.ceil(n_panels / rows)
+
+
 def scoremap_figure(
-    image: Any, scores: Any, class_names: Sequence[str], *, max_maps: int = 12, ncols: int = 4,
-    sort_by: Any = None, cmap: str | Colormap = "viridis", colorbar: bool = True, title: str | None = None,
+    image: Any, scores: Any, class_names: Sequence[str], *, max_maps: int = 12, sort_by: Any = None,
+    cmap: str | Colormap = "viridis", vmin: float | None = None, vmax: float | None = None,
 ) -> Figure:
     """Grid of the image (if not None) plus one panel per class score map, titled with the class name.
 
     scores: (K, H, W). ``sort_by``: (K,) per-class values (e.g. coverage) to show panels in descending
-    order, or "max"/"mean" of each map. At most ``max_maps`` maps are drawn.
+    order, or "max"/"mean" of each map. At most ``max_maps`` maps are drawn, at most 6 panels a row.
+    ``vmin``/``vmax``: one colour scale for every panel, drawn as one colour bar (``0, 1`` for
+    probabilities; the maps' common range makes classes comparable); without them each panel gets its
+    own range and its own colour bar, so a flat map looks as contrasted as a peaked one.
+    Add a title with ``fig.suptitle(...)``.
     """
     s = _as_scores(scores, class_names)
     idx = _panel_order(s, sort_by)[: max(int(max_maps), 0)]
     n_panels = len(idx) + (image is not None)
     if n_panels == 0:
         raise ValueError("nothing to draw: no image and no score maps (K=0 or max_maps=0)")
-    ncols = max(1, min(ncols, n_panels))
-    nrows = math.ceil(n_panels / ncols)
-    fig = _new_figure((3.2 * ncols, 3.0 * nrows + (0.4 if title else 0.0)))
+    shared = vmin is not None and vmax is not None
+    if shared and not vmax > vmin:
+        raise ValueError(f"vmax must be larger than vmin, got vmin={vmin}, vmax={vmax}")
+    nrows, ncols = _grid(n_panels)
+    fig = _new_figure((3.0 * ncols + (0.6 if shared else 0.0), 2.8 * nrows + 0.4))
     axes = list(fig.subplots(nrows, ncols, squeeze=False).reshape(-1))
     for ax in axes[n_panels:]:
         fig.delaxes(ax)  # drop unused grid cells so only real panels remain
@@ -280,39 +307,42 @@ def scoremap_figure(
         ax.imshow(_as_rgb(image))
         ax.set_title("image")
         ax.set_axis_off()
+    im = None
     for ax, k in zip(axes, idx):
-        im = ax.imshow(s[k], cmap=_get_cmap(cmap), interpolation="nearest")
+        im = ax.imshow(s[k], cmap=_get_cmap(cmap), interpolation="nearest", vmin=vmin, vmax=vmax)
         ax.set_title(str(class_names[k]))
         ax.set_axis_off()
-        if colorbar:  # an inset axes follows the aspect-shrunk image box, so the bar matches its height
+        if not shared:  # an inset axes follows the aspect-shrunk image box, so the bar matches its height
             fig.colorbar(im, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]))
-    if title:
-        fig.suptitle(title)
+    if shared and im is not None:
+        fig.colorbar(im, ax=axes[: len(idx)], shrink=0.9, aspect=30)
     return fig
 
 
 def scoremap_gallery(
-    scores: Any, class_names: Sequence[str], image: Any = None, *, max_maps: int | None = None,
-    order: Sequence[int] | None = None, cmap: str | Colormap = "viridis", alpha: float = 0.5,
+    scores: Any, class_names: Sequence[str], image: Any = None, *, order: Sequence[int] | None = None,
+    cmap: str | Colormap = "viridis", alpha: float = 0.5, vmin: float | None = None,
+    vmax: float | None = None,
 ) -> list[tuple[Image.Image, str]]:
     """One rendered heatmap per class with a colour bar, captioned "name (min–max)"; for ``gr.Gallery``.
 
     scores: (K, H, W). With ``image``, each heatmap is resized (bilinear) to the image and blended over it
     with weight ``alpha``; score maps are usually coarser than the image, so a size mismatch is expected.
-    ``order``: class indices to show, in that order (default 0..K-1); ``max_maps`` truncates.
+    ``order``: class indices to show, in that order (default 0..K-1; slice it to show fewer).
+    ``vmin``/``vmax``: one colour scale for every map (default: each map's own min–max).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     s = _as_scores(scores, class_names)
     idx = _panel_order(s, None, order)
-    if max_maps is not None:
-        idx = idx[: max(int(max_maps), 0)]
     img = _as_rgb(image) if image is not None else None
     cm = _get_cmap(cmap)
     out: list[tuple[Image.Image, str]] = []
     for k in idx:
         lo, hi = float(np.nanmin(s[k])), float(np.nanmax(s[k]))
-        heat = heatmap(s[k], cm, lo, hi)
+        lo_shown = lo if vmin is None else float(vmin)
+        hi_shown = hi if vmax is None else float(vmax)
+        heat = heatmap(s[k], cm, lo_shown, hi_shown)
         if img is not None:
             heat = heat.resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR)
             blend = img.astype(np.float32) * (1 - alpha) + np.asarray(heat, np.float32) * alpha
@@ -327,8 +357,8 @@ def scoremap_gallery(
         ax.imshow(np.asarray(heat), aspect="auto")
         ax.set_axis_off()
         cax = fig.add_axes(((img_w + pad) / fig_w, 0.03, bar_w / fig_w, 0.94))
-        sm = ScalarMappable(norm=Normalize(lo, hi if hi > lo else lo + 1e-6), cmap=cm)
-        fig.colorbar(sm, cax=cax).ax.tick_params(labelsize=8)
+        norm = Normalize(lo_shown, hi_shown if hi_shown > lo_shown else lo_shown + 1e-6)
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax).ax.tick_params(labelsize=8)
         out.append((figure_to_image(fig), f"{class_names[k]} ({lo:.3g}–{hi:.3g})"))
     return out
 
@@ -345,7 +375,8 @@ def coverage_figure(fractions: Any, class_names: Sequence[str], palette: Any = N
     fig = _new_figure((6.0, 0.32 * max(len(idx), 1) + 1.0))
     ax = fig.add_subplot()
     y = np.arange(len(idx))
-    ax.barh(y, frac[idx] * 100, color=[pal[i % len(pal)] / 255.0 for i in idx], edgecolor="black", linewidth=0.5)
+    ax.barh(y, frac[idx] * 100, color=[pal[i % len(pal)] / 255.0 for i in idx], edgecolor="black",
+            linewidth=0.5)
     ax.set_yticks(y, [str(class_names[i]) for i in idx])
     ax.invert_yaxis()  # largest first
     ax.set_xlabel("pixels (%)")

@@ -70,6 +70,22 @@ def test_palette_deterministic_and_seeded():
         viz.make_palette(-1)
 
 
+def test_distinct_palette_vivid_and_unique():
+    p = viz.distinct_palette(5)
+    assert p.shape == (5, 3) and p.dtype == np.uint8
+    assert p[0].tolist() == [31, 119, 180]  # tab10 blue
+    for n in (1, 10, 20, 25):
+        q = viz.distinct_palette(n)
+        assert len({tuple(r) for r in q.tolist()}) == n
+    assert np.array_equal(viz.distinct_palette(25), viz.make_palette(25))
+    # far apart: no two of the first 10 closer than 60 in RGB (ADE20K's first two, both grey, are 60 apart)
+    q = viz.distinct_palette(10).astype(float)
+    d = np.linalg.norm(q[:, None] - q[None], axis=-1) + np.eye(10) * 1e9
+    assert d.min() > 60
+    with pytest.raises(ValueError):
+        viz.distinct_palette(-1)
+
+
 # ------------------------------------------------------------------------------------ label maps
 
 def test_colorize_maps_labels_to_palette_and_ignore_to_black():
@@ -176,16 +192,35 @@ def test_heatmap_ramp_follows_colormap():
 
 def test_scoremap_figure_panels_titles_and_colorbars():
     scores = RNG.normal(size=(5, 8, 10)).astype(np.float32)
-    fig = viz.scoremap_figure(rand_image(), scores, NAMES, ncols=3, title="demo")
+    fig = viz.scoremap_figure(rand_image(), scores, NAMES)
     axes = image_axes(fig)
     assert len(axes) == 6
     assert [ax.get_title() for ax in axes] == ["image", *NAMES]
-    assert len(fig.axes) == 6  # unused grid cells removed
+    assert len(fig.axes) == 6  # one row of 6: no unused grid cells
     assert [len(ax.child_axes) for ax in axes] == [0, 1, 1, 1, 1, 1]  # a colour bar (inset) per map
-    assert fig.get_suptitle() == "demo"
-    fig = viz.scoremap_figure(None, scores, NAMES, colorbar=False)
-    assert len(fig.axes) == 5 and [ax.get_title() for ax in image_axes(fig)] == NAMES
-    assert not any(ax.child_axes for ax in fig.axes)
+    # each panel on its own range
+    assert [ax.images[0].get_clim() for ax in axes[1:]] == [(s.min(), s.max()) for s in scores]
+    fig = viz.scoremap_figure(None, scores[:4], NAMES[:4], max_maps=4)
+    assert len(image_axes(fig)) == 4
+
+
+def test_scoremap_figure_shared_scale_has_one_colorbar():
+    scores = RNG.uniform(0.2, 0.6, size=(5, 8, 10)).astype(np.float32)
+    fig = viz.scoremap_figure(rand_image(), scores, NAMES, vmin=0.0, vmax=1.0)
+    axes = image_axes(fig)
+    assert [ax.images[0].get_clim() for ax in axes[1:]] == [(0.0, 1.0)] * 5
+    assert not any(ax.child_axes for ax in axes)
+    bars = [ax for ax in fig.axes if ax not in axes]
+    assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="vmax"):
+        viz.scoremap_figure(None, scores, NAMES, vmin=1.0, vmax=1.0)
+
+
+def test_scoremap_figure_grid_wraps_after_six_panels():
+    scores = RNG.normal(size=(12, 4, 4)).astype(np.float32)
+    fig = viz.scoremap_figure(rand_image(), scores, [f"c{i}" for i in range(12)])
+    rows = {ax.get_subplotspec().rowspan.start for ax in image_axes(fig)}
+    assert len(image_axes(fig)) == 13 and len(rows) == 3  # 13 panels: 3 rows of at most 5
 
 
 def test_scoremap_figure_sort_by_and_max_maps():
@@ -220,9 +255,16 @@ def test_scoremap_gallery_items_and_captions():
     for (im, cap), name, s in zip(gal, NAMES, scores):
         assert isinstance(im, Image.Image) and im.mode == "RGB"
         assert cap == f"{name} ({float(s.min()):.3g}–{float(s.max()):.3g})"
-    gal = viz.scoremap_gallery(scores, NAMES, rand_image(48, 64), order=[3, 0, 4], max_maps=2, alpha=0.3)
+    gal = viz.scoremap_gallery(scores, NAMES, rand_image(48, 64), order=[3, 0], alpha=0.3)
     assert [c.split(" (")[0] for _, c in gal] == ["road", "wall"]
     assert gal[0][0].size[1] == 300  # 3 inches at 100 dpi
+    # one scale for every map: a map with a small range looks flat (the top of the heatmap is the same colour)
+    flat = torch.full((2, 8, 10), 0.1)
+    flat[1, 0, 0] = 0.9
+    shared = viz.scoremap_gallery(flat, NAMES[:2], vmin=0.0, vmax=1.0)
+    own = viz.scoremap_gallery(flat, NAMES[:2])
+    assert np.asarray(shared[0][0])[150, 50].tolist() == np.asarray(shared[1][0])[150, 50].tolist()
+    assert np.asarray(own[0][0])[150, 50].tolist() != np.asarray(shared[0][0])[150, 50].tolist()
     with pytest.raises(ValueError, match="out of range"):
         viz.scoremap_gallery(scores, NAMES, order=[7])
     with pytest.raises(ValueError, match="len\\(class_names\\)"):
