@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,12 +20,15 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from torch import nn
 
+from .config import Config, config_from_dict
 from .hub import hub_file
 
 CHECKPOINT_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 REPO_URL = "https://github.com/raoyongming/DenseCLIP"
 PAPER_URL = "https://arxiv.org/abs/2112.01518"
+
+OFFICIAL_SUFFIXES = (".pth", ".pt")  # the authors' mmcv checkpoints
 
 
 @contextmanager
@@ -87,6 +90,35 @@ def checkpoint_file(path_or_repo: str | Path, revision: str | None = None) -> Pa
     if path.suffix in (".pth", ".pt", ".safetensors", ".ckpt") or str(path_or_repo).count("/") != 1:
         raise FileNotFoundError(f"checkpoint not found: {path_or_repo}")
     return hub_file(str(path_or_repo), CHECKPOINT_NAME, revision, what=f"the checkpoint {path_or_repo!r}")
+
+
+def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: Sequence[str] | None,
+                    kind: type[Config], official: Callable,
+                    hint: str) -> tuple[Path, Config, dict[str, torch.Tensor]]:
+    """(file, config, state dict in our names) of our `.safetensors` checkpoint (config from `base`, else
+    the stored one) or of the authors' `.pth` (suffix in OFFICIAL_SUFFIXES), read by `official(path, base,
+    names)`. `kind` is the config class the caller builds; `hint` says what to pass when a file carries no
+    config. `class_names` replace the stored names."""
+    path = checkpoint_file(path_or_repo)
+    names = tuple(class_names) if class_names is not None else None
+    if path.suffix in OFFICIAL_SUFFIXES:
+        cfg, state = official(path, base, names)
+    else:
+        from safetensors.torch import load_file
+
+        stored = read_stored_config(path)
+        if base is None and stored is None:
+            raise ValueError(f"{path} carries no config; pass {hint}")
+        cfg = base or config_from_dict(stored)
+        if not isinstance(cfg, kind):
+            what, loader = ("segmentation", "load_checkpoint") if kind.__name__ == "DetectionConfig" else \
+                ("detection", "load_detector")
+            raise ValueError(f"{path} holds a {what} checkpoint ({type(cfg).__name__}): load it with "
+                             f"denseclip.{loader}")
+        state = load_file(str(path))
+    if names is not None:
+        cfg = cfg.replace(class_names=names)
+    return path, cfg, state
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import HubMixin, checkpoint_file, load_state_checked, read_stored_config
+from .checkpoints import OFFICIAL_SUFFIXES, HubMixin, load_state_checked, read_checkpoint
 from .clip import clip_for
-from .config import DenseCLIPConfig, config_from_dict, resolve
+from .config import DenseCLIPConfig, resolve
 from .decoders import FPN, FPNHead
 from .encoders import TimmEncoder, encoder_from_clip
 from .ops import score_maps
@@ -194,25 +194,10 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
     """
     from .official import authors_name, load_official
 
-    path, name = checkpoint_file(path_or_repo), str
     base = resolve(preset, DenseCLIPConfig) if preset is not None else None
-    names = tuple(class_names) if class_names is not None else None
-    if path.suffix in (".pth", ".pt"):
-        cfg, state = load_official(path, base, names)
-        name = authors_name
-    else:
-        from safetensors.torch import load_file
-
-        stored = read_stored_config(path)
-        if base is None and stored is None:
-            raise ValueError(f"{path} carries no config; pass preset='denseclip-rn50-ade20k' (or a config)")
-        cfg = base or config_from_dict(stored)
-        if not isinstance(cfg, DenseCLIPConfig):
-            raise ValueError(f"{path} is a {type(cfg).__name__} checkpoint: load it with "
-                             "denseclip.load_detector")
-        state = load_file(str(path))
-    if names is not None:
-        cfg = cfg.replace(class_names=names)
+    path, cfg, state = read_checkpoint(path_or_repo, base, class_names, DenseCLIPConfig, load_official,
+                                       "preset='denseclip-rn50-ade20k' (or a config)")
+    name = authors_name if path.suffix in OFFICIAL_SUFFIXES else str
     model = assemble(cfg, clip_for(cfg))
     load_state_checked(model, state, str(path), name)
     return model.to(device).eval()

@@ -28,9 +28,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..checkpoints import HubMixin, checkpoint_file, load_state_checked, read_stored_config
+from ..checkpoints import OFFICIAL_SUFFIXES, HubMixin, load_state_checked, read_checkpoint
 from ..clip import clip_for
-from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, config_from_dict, resolve
+from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, resolve
 from ..encoders import CLIPResNetEncoder
 from ..optim import param_groups
 from ..prompting import ContextPrompting
@@ -297,28 +297,13 @@ def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None
       detections are theirs; `config` then only supplies what tensors cannot tell (thresholds, image size).
     `class_names` renames the classes (same count).
     """
-    path, name = checkpoint_file(path_or_repo), str
+    from ..official import authors_detector_name, load_official_detector
+
     base = resolve(config, DetectionConfig) if config is not None else None
-    names = tuple(class_names) if class_names is not None else None
-    if path.suffix in (".pth", ".pt"):
-        from ..official import authors_detector_name, load_official_detector
-
-        cfg, state = load_official_detector(path, base, names)
-        name = partial(authors_detector_name, cfg.detector)
-    else:
-        from safetensors.torch import load_file
-
-        stored = read_stored_config(path)
-        if base is None and stored is None:
-            raise ValueError(f"{path} carries no config; pass config='denseclip-retinanet-rn50-coco' or a "
-                             "DetectionConfig")
-        cfg = base or config_from_dict(stored)
-        if not isinstance(cfg, DetectionConfig):
-            raise ValueError(f"{path} holds a {type(cfg).__name__} (a segmentor): load it with "
-                             "denseclip.load_checkpoint")
-        state = load_file(str(path))
-    if names is not None:
-        cfg = cfg.replace(class_names=names)
+    path, cfg, state = read_checkpoint(path_or_repo, base, class_names, DetectionConfig,
+                                       load_official_detector,
+                                       "config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
+    name = partial(authors_detector_name, cfg.detector) if path.suffix in OFFICIAL_SUFFIXES else str
     model = assemble(cfg, clip_for(cfg))
     load_state_checked(model, state, str(path), name)
     return model.to(device).eval()
