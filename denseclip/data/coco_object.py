@@ -42,6 +42,5 @@ class COCOObjectDataset(SegDataset):
         super().__init__(samples, COCO_OBJECT_CLASSES, ignore_index=255, name=name)
         self.root, self.split = root, split
 
-    def load_label(self, i: int) -> np.ndarray:
-        label = super().load_label(i)
-        return np.where(label < 80, label + 1, 0) if self.from_stuff else label
+    def map_label(self, raw: np.ndarray) -> np.ndarray:
+        return np.where(raw < 80, raw + 1, 0) if self.from_stuff else raw
