@@ -1,6 +1,6 @@
 """DenseCLIP demo: which of your words is where in a photo: per-class score maps and a segmentation.
 
-    python app.py                           # zero-shot CLIP ViT-B/16 (ClearCLIP), RN50, RN101 (OpenAI)
+    python app.py                           # zero-shot CLIP ViT-B/16 (NACLIP; ClearCLIP), RN50, RN101
     python app.py --tiny                    # untrained tiny models, offline UI checks (or DENSECLIP_TINY=1)
     python app.py --checkpoint run/ckpt     # + a DenseCLIP checkpoint: file, folder, Hub repo, authors' .pth
     python app.py --hub-allow my-lab/       # visitors may name Hub checkpoints of my-lab (size-capped)

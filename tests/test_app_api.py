@@ -158,9 +158,10 @@ def test_missing_weights_fail_fast_with_a_message_for_visitors(app_client, small
 def test_unavailable_models_are_marked_in_the_list(app_server):
     registry = app_server[0].registry
     deadline = time.time() + 60
-    while len(registry.failures) < 3 and time.time() < deadline:  # the start-up check runs in the background
+    while len(registry.failures) < 4 and time.time() < deadline:  # the start-up check runs in the background
         time.sleep(0.2)
     shown = dict((value, text) for text, value in registry.choices())
+    assert shown["CLIP ViT-B/16 · NACLIP"] == "CLIP ViT-B/16 · NACLIP (unavailable)"
     assert shown["CLIP ViT-B/16 · ClearCLIP"] == "CLIP ViT-B/16 · ClearCLIP (unavailable)"
     assert shown[app.TINY_ZS] == app.TINY_ZS and shown[app.TINY_DC] == app.TINY_DC
     text = app.banner(registry)
@@ -223,6 +224,35 @@ def test_cli_checkpoints_come_first_and_load(app_checkpoints):
     assert isinstance(model, denseclip.DenseCLIP) and registry.get(registry.default) is model
 
 
+def test_checkpoints_with_the_same_folder_name_get_different_names():
+    from webapp.catalog import ZERO_SHOT_MODELS, default_specs, short_names
+
+    assert short_names(["runs/runA/final", "runs/runB/final", "other.pth"]) == ["runA/final", "runB/final",
+                                                                                "other.pth"]
+    assert short_names(["a/x/final/", "b/x/final"]) == ["a/x/final", "b/x/final"]
+    assert short_names(["final", "runA/final"]) == ["final", "runA/final"]
+    assert short_names(["user/model", "lab/model"]) == ["user/model", "lab/model"]  # Hub repos
+    labels = [s.label for s in default_specs(False, ["runA/final", "runB/final", "runA/final"])]
+    assert labels[:2] == ["DenseCLIP: runA/final", "DenseCLIP: runB/final"]  # the repeat: one model
+    assert labels[2:] == [m.label for m in ZERO_SHOT_MODELS]
+    demo = app.build_app(tiny=False, checkpoints=["a/runA/final", "a/runB/final"], preload=False)
+    assert demo.registry.labels[:2] == ["DenseCLIP: runA/final", "DenseCLIP: runB/final"]
+
+
+def test_a_checkpoint_folder_file_does_not_hide_an_operator_checkpoint_of_the_same_name(tmp_path):
+    from webapp.catalog import default_specs
+    from webapp.models import ModelRegistry
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "final.safetensors").write_bytes(b"x")
+    cli = str(tmp_path / "elsewhere" / "final.safetensors")
+    registry = ModelRegistry(default_specs(False, [cli]), checkpoint_dir=str(tmp_path / "dir"))
+    assert registry.specs["DenseCLIP: final.safetensors"].source == cli
+    folder = registry.specs["DenseCLIP: final.safetensors (checkpoint folder)"]
+    assert folder.source == str((tmp_path / "dir" / "final.safetensors").resolve())
+    assert registry.resolve("final.safetensors") == folder  # a name typed by a visitor: the folder's file
+
+
 def test_environment_selects_models_and_hub_access(monkeypatch):
     monkeypatch.setenv("DENSECLIP_TINY", "1")
     monkeypatch.setenv("DENSECLIP_HUB_ALLOW", "my-lab/")
@@ -231,7 +261,7 @@ def test_environment_selects_models_and_hub_access(monkeypatch):
     monkeypatch.setenv("DENSECLIP_TINY", "0")
     monkeypatch.delenv("DENSECLIP_HUB_ALLOW")
     demo = app.build_app(preload=False)
-    assert demo.registry.labels[0] == "CLIP ViT-B/16 · ClearCLIP" and not demo.registry.hub.enabled
+    assert demo.registry.labels[0] == "CLIP ViT-B/16 · NACLIP" and not demo.registry.hub.enabled
 
 
 def test_a_space_binds_all_interfaces(monkeypatch):

@@ -68,7 +68,7 @@ def test_starts_offline_and_says_what_is_missing(offline_app):
 
     url, _, _ = offline_app
     config = httpx.get(url + "config", timeout=10).text
-    assert "Not available on this server:** CLIP ViT-B/16 · ClearCLIP" in config  # the operator banner
+    assert "Not available on this server:** CLIP ViT-B/16 · NACLIP" in config  # the operator banner
     assert "DENSECLIP_WEIGHTS_DIR" in config and "--tiny" in config
 
 

@@ -25,15 +25,12 @@ def test_webapp_and_the_library_do_not_import_gradio():
 
 
 # ---------------------------------------------------------------------------------------- catalog
-def test_the_default_is_vit_b16_with_a_mode_the_segmenter_has(tiny_vit_clip):
+def test_the_default_is_vit_b16_with_a_method_the_segmenter_has(tiny_vit_clip, tiny_rn_clip):
     default = catalog.default_specs(tiny=False)[0]
-    assert (default.source, default.mode) == ("ViT-B-16", "qq")
-    for m in catalog.ZERO_SHOT_MODELS:  # every offered mode exists in the library today
-        clip = tiny_vit_clip if m.clip.startswith("ViT") else None
-        if clip is not None:
-            assert denseclip.ZeroShotSegmenter(clip, dense_mode=m.mode).dense_mode == m.mode
-        else:
-            assert m.mode == "value"  # ResNets: MaskCLIP's value path
+    assert (default.source, default.method) == ("ViT-B-16", "naclip")
+    for m in catalog.ZERO_SHOT_MODELS:  # every offered method exists in the library today
+        clip = tiny_vit_clip if m.clip.startswith("ViT") else tiny_rn_clip
+        assert denseclip.ZeroShotSegmenter(clip, method=m.method).method == m.method
 
 
 def test_model_list_order():

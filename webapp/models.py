@@ -62,16 +62,17 @@ class ModelRegistry:
         if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir():
             for p in sorted(self.checkpoint_dir.iterdir()):
                 if p.suffix in CHECKPOINT_SUFFIXES or (p.is_dir() and (p / CHECKPOINT_FILE).is_file()):
-                    spec = ModelSpec(f"DenseCLIP: {p.name}", "denseclip", str(p))
-                    self.specs.setdefault(spec.label, spec)
+                    spec = self._folder_spec(p.name, p)
+                    self.specs[spec.label] = spec
 
     @property
     def labels(self) -> list[str]:
         return list(self.specs)
 
     @property
-    def default(self) -> ModelSpec:
-        return next(iter(self.specs.values()))
+    def default(self) -> ModelSpec | None:
+        """The first listed model (None: this registry offers none)."""
+        return next(iter(self.specs.values()), None)
 
     def choices(self) -> list[tuple[str, str]]:
         """(shown, value) pairs for a dropdown: models whose load failed are marked unavailable."""
@@ -87,7 +88,7 @@ class ModelRegistry:
             return self.specs[choice]
         local = self._in_checkpoint_dir(choice)
         if local is not None:
-            return ModelSpec(f"DenseCLIP: {choice}", "denseclip", str(local))
+            return self._folder_spec(choice, local)
         if REPO_ID.match(choice) and self.hub.allows(choice):
             return ModelSpec(f"DenseCLIP: {choice} (Hub)", "denseclip", choice, from_hub=True)
         if REPO_ID.match(choice) and self.hub.enabled:
@@ -100,6 +101,17 @@ class ModelRegistry:
         if self.checkpoint_dir is not None:
             message = message.replace(str(self.checkpoint_dir), "<checkpoint folder>")
         return message
+
+    def _folder_spec(self, name: str, path: Path) -> ModelSpec:
+        """The spec of a checkpoint in checkpoint_dir: the listed one for that file, else a new one whose
+        label no other model has (an operator's --checkpoint may have the same file name)."""
+        for spec in self.specs.values():
+            if spec.kind == "denseclip" and spec.source == str(path):
+                return spec
+        label = f"DenseCLIP: {name}"
+        if label in self.specs:
+            label = f"DenseCLIP: {name} (checkpoint folder)"
+        return ModelSpec(label, "denseclip", str(path))
 
     def _in_checkpoint_dir(self, name: str) -> Path | None:
         if self.checkpoint_dir is None or "\x00" in name or "\\" in name:
@@ -162,23 +174,32 @@ class ModelRegistry:
         return dict(self.failures)
 
     def _load(self, spec: ModelSpec) -> torch.nn.Module:
-        import denseclip
-
         t0 = time.perf_counter()
-        if spec.source == "tiny":
+        if spec.untrained:
             model = _tiny_model(spec.kind)
-        elif spec.kind == "zeroshot":
-            kwargs = {"dense_mode": spec.mode} if spec.mode else {}
-            model = denseclip.ZeroShotSegmenter.from_pretrained(spec.source, pretrained=PRETRAINED, **kwargs)
         else:
-            path = fetch_checkpoint(spec.source, self.hub) if spec.from_hub else spec.source
-            model = denseclip.load_checkpoint(path)
-            cfg = getattr(model, "cfg", None)
-            if not hasattr(cfg, "class_names") or not hasattr(cfg, "test"):
-                raise ValueError(f"{Path(str(path)).name} is not a DenseCLIP segmentation checkpoint")
+            model = {"zeroshot": _zero_shot, "denseclip": _segmentation_checkpoint}[spec.kind](spec, self.hub)
         model = model.to(self.device).eval()
         log.info("loaded %s in %.1f s", spec.label, time.perf_counter() - t0)
         return model
+
+
+def _zero_shot(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
+    import denseclip
+
+    options = {"method": spec.method} if spec.method else {}
+    return denseclip.ZeroShotSegmenter.from_pretrained(spec.source, pretrained=PRETRAINED, **options)
+
+
+def _segmentation_checkpoint(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
+    import denseclip
+
+    path = fetch_checkpoint(spec.source, hub) if spec.from_hub else spec.source
+    model = denseclip.load_checkpoint(path)
+    cfg = getattr(model, "cfg", None)
+    if not hasattr(cfg, "class_names") or not hasattr(cfg, "test"):
+        raise ValueError(f"{Path(str(path)).name} is not a DenseCLIP segmentation checkpoint")
+    return model
 
 
 def _tiny_model(kind: str) -> torch.nn.Module:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from denseclip.vocab import get_templates
+from denseclip.zeroshot import METHODS
 
 from .catalog import ModelSpec
 from .classes import match_classes, parse_class_names
@@ -126,8 +127,10 @@ def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Option
     r = model.predict(rgb, list(names), templates=templates, background=background,
                       max_output_elements=min(MAX_MAP_ELEMENTS, len(names) * MAP_SIDE ** 2))
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
-            if k in ("model", "dense_mode", "working_size", "templates", "background")}
+            if k in ("model", "method", "working_size", "templates", "background")}
     info["template_set"] = templates
+    if info.get("method") in METHODS:
+        info["paper"] = METHODS[info["method"]].paper
     pred = Prediction(r.labels.numpy(), r.scores, tuple(r.class_names), "cosine similarity",
                       {k: round(v, 4) for k, v in r.timing.items()}, info)
     return pred, notes
