@@ -51,7 +51,7 @@ def test_view_api_documents_what_predict_returns(app_client, small_image):
     assert all(set(g) == {"image", "caption"} for g in score_maps)
     assert Image.open(label_map).mode == "P" and json.loads(Path(results_json).read_text())["classes"]
     assert isinstance(status, str) and "Processed in" in status
-    assert list(api["named_endpoints"]) == ["/segment"] and not api["unnamed_endpoints"]
+    assert list(api["named_endpoints"]) == ["/segment", "/detect"] and not api["unnamed_endpoints"]
 
 
 def test_the_readme_example_runs_as_written(app_server, tmp_path):

@@ -1,11 +1,11 @@
 """The app end to end in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
 layout on a desktop, a phone and in dark mode, and what a visitor does (upload, type, presets, run,
-click the picture, pick a score map, move the opacity, a bad file then a good one).
+click the picture, pick a score map, move the opacity, a bad file then a good one; detect objects).
 
 Outside CI the tests are skipped when no browser is installed; with CI set they fail instead, so a CI
 machine without Chromium cannot pass silently (`make test` installs it: the Makefile's browser target).
-Full-page screenshots (desktop 1440x900, phone 390x844, dark) are saved in each test's tmp dir, and
-copied to DENSECLIP_SCREENSHOT_DIR when that is set.
+Full-page screenshots (desktop 1440x900, phone 390x844, dark, the Detect tab) are saved in each test's
+tmp dir, and copied to DENSECLIP_SCREENSHOT_DIR when that is set.
 """
 
 from __future__ import annotations
@@ -200,3 +200,21 @@ def test_every_score_map_is_reachable(browser):
     page.locator("#scoremap-class input").click()
     page.get_by_role("option", name="last one").click()
     page.wait_for_function("document.querySelector('#scoremaps-output').innerText.includes('last one ·')")
+
+
+def test_the_detect_tab_runs_a_detector(browser, tmp_path):
+    page = open_page(browser)
+    page.get_by_role("tab", name="Detect objects").click()
+    page.set_input_files("#detect-image-input input[type=file]", str(PHOTO))
+    page.wait_for_function("document.querySelector('#detect-image-note').innerText.includes('600×400 JPEG')")
+    page.click("#detect-button")
+    page.wait_for_function("document.querySelector('#detect-status').innerText.startsWith('Waited')")
+    status = page.inner_text("#detect-status")
+    assert "detections scoring 0.30 or more" in status and "untrained" in status
+    page.wait_for_function("document.querySelectorAll('#detections-table tbody tr').length > 0")
+    assert "red box" in page.inner_text("#detections-table")
+    picture = page.locator("#detections-output img").bounding_box()
+    assert picture["width"] > 300 and picture["height"] > 150
+    screenshot(page, tmp_path, "detect")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the table scrolls, not the page
+    page.wait_for_function("document.scrollingElement.scrollWidth <= 390")

@@ -1,5 +1,5 @@
-"""The models the app offers: one list of training-free (zero-shot) models, the tiny test models, and the
-operator's DenseCLIP checkpoints. A new zero-shot method is one more `ZeroShotModel` in
+"""The models the app offers: one list of training-free (zero-shot) models, the tiny test models, the
+operator's DenseCLIP checkpoints and detectors. A new zero-shot method is one more `ZeroShotModel` in
 ZERO_SHOT_MODELS (a `method=` of denseclip.ZeroShotSegmenter; `denseclip.zeroshot.describe_methods()`).
 
 The first zero-shot entry is the default: CLIP ViT-B/16 with NACLIP's last block (key-key attention plus
@@ -18,6 +18,10 @@ from pathlib import Path
 PRETRAINED = "openai"  # the zero-shot models' CLIP weights (open_clip tag)
 TINY_ZS = "Tiny zero-shot CLIP (untrained)"
 TINY_DC = "Tiny DenseCLIP (untrained)"
+TINY_DETECTORS = {  # label -> denseclip preset (random weights)
+    "Tiny DenseCLIP RetinaNet (untrained)": "denseclip-retinanet-tiny",
+    "Tiny DenseCLIP Mask R-CNN (untrained)": "denseclip-maskrcnn-tiny",
+}
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,8 @@ ZERO_SHOT_MODELS: tuple[ZeroShotModel, ...] = (
 @dataclass(frozen=True)
 class ModelSpec:
     label: str
-    kind: str  # "zeroshot" | "denseclip" (a segmentation checkpoint)
-    source: str  # open_clip model name, checkpoint path, Hub repo id, or "tiny"
+    kind: str  # "zeroshot" | "denseclip" (a segmentation checkpoint) | "detector"
+    source: str  # open_clip model name, checkpoint path, Hub repo id, "tiny" or a tiny detector preset
     method: str | None = None  # zero-shot method (None: the segmenter's default)
     untrained: bool = False
     from_hub: bool = False  # a Hub repo id typed by a visitor (downloaded by the app, never a server path)
@@ -93,6 +97,17 @@ def default_specs(tiny: bool, checkpoints: Sequence[str] = ()) -> list[ModelSpec
     for ckpt, name in zip(checkpoints, short_names(checkpoints)):
         specs.append(ModelSpec(f"DenseCLIP: {name}", "denseclip", ckpt))
     return specs + zero_shot_specs()
+
+
+def detector_specs(tiny: bool, detectors: Sequence[str] = ()) -> list[ModelSpec]:
+    """The detector list: the operator's detectors (`--detector`), then in --tiny mode the two tiny
+    untrained ones. The first entry is the default; empty when the server offers no detector."""
+    detectors = _distinct(detectors)
+    specs = [ModelSpec(name, "detector", path) for path, name in zip(detectors, short_names(detectors))]
+    if tiny:
+        specs += [ModelSpec(label, "detector", preset, untrained=True)
+                  for label, preset in TINY_DETECTORS.items()]
+    return specs
 
 
 def hub_weights(clip: str, tag: str = PRETRAINED) -> tuple[str, str]:

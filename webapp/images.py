@@ -144,10 +144,12 @@ def save_data_url(url: str, folder: Path) -> Path:
     return path
 
 
-def describe_upload(path: str | Path | None, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS) -> str:
-    """One line about an uploaded file, from its header alone: what will happen, or why it cannot be used.
+def describe_upload(path: str | Path | None, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS,
+                    verb: str = "segmented") -> str:
+    """One line about an uploaded file, from its header alone: what will happen ("`verb` at about WxH"),
+    or why it cannot be used.
 
-    Raises UserError (the same message Segment would give) for a file that will be refused.
+    Raises UserError (the same message Segment or Detect would give) for a file that will be refused.
     """
     if not path or str(path).startswith("data:"):
         return ""
@@ -157,4 +159,4 @@ def describe_upload(path: str | Path | None, max_side: int = MAX_SIDE, max_pixel
     if max(w, h) <= max_side:
         return f"{w}×{h} {header.format}."
     s = max_side / max(w, h)
-    return f"{w}×{h} {header.format}: segmented at about {round(w * s)}×{round(h * s)}."
+    return f"{w}×{h} {header.format}: {verb} at about {round(w * s)}×{round(h * s)}."

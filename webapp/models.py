@@ -1,12 +1,14 @@
 """The models a server offers, what a visitor may name, and a small cache of loaded models.
 
-A visitor picks a label from the list, names a checkpoint inside the operator's `checkpoint_dir`, or,
-if the operator allows it (`HubAccess`), types a Hub repo id. Absolute paths, "..", "~", backslashes
-and everything outside that folder are refused: other server paths only come from the operator.
+One class for every kind of model (zero-shot segmenters, DenseCLIP checkpoints, detectors): the app
+keeps one registry of segmentation models and one of detectors. A visitor picks a label from the list,
+names a checkpoint inside the operator's `checkpoint_dir`, or, if the operator allows it (`HubAccess`),
+types a Hub repo id. Absolute paths, "..", "~", backslashes and everything outside that folder are
+refused: other server paths only come from the operator.
 
 Each model has its own load lock, so loading or downloading one model never delays requests for
 another. `check()` tries every listed model once (in a background thread at start-up), so that models
-whose weights are missing are marked before anyone presses Segment.
+whose weights are missing are marked before anyone presses Segment; detectors load on first use.
 """
 
 from __future__ import annotations
@@ -176,9 +178,10 @@ class ModelRegistry:
     def _load(self, spec: ModelSpec) -> torch.nn.Module:
         t0 = time.perf_counter()
         if spec.untrained:
-            model = _tiny_model(spec.kind)
+            model = _tiny_detector(spec.source) if spec.kind == "detector" else _tiny_model(spec.kind)
         else:
-            model = {"zeroshot": _zero_shot, "denseclip": _segmentation_checkpoint}[spec.kind](spec, self.hub)
+            model = {"zeroshot": _zero_shot, "denseclip": _segmentation_checkpoint,
+                     "detector": _detector}[spec.kind](spec, self.hub)
         model = model.to(self.device).eval()
         log.info("loaded %s in %.1f s", spec.label, time.perf_counter() - t0)
         return model
@@ -202,6 +205,13 @@ def _segmentation_checkpoint(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module
     return model
 
 
+def _detector(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
+    """The operator's detector: the authors' mmdetection .pth, our saved folder / file, or a Hub repo."""
+    import denseclip
+
+    return denseclip.load_detector(spec.source)
+
+
 def _tiny_model(kind: str) -> torch.nn.Module:
     """The same random tiny model every start (stable screenshots and tests)."""
     import open_clip
@@ -216,3 +226,29 @@ def _tiny_model(kind: str) -> torch.nn.Module:
         # a tiny random ViT's maps vary more across an image than a tiny ResNet's: several classes show
         clip = open_clip.CLIP(**copy.deepcopy(TINY_VIT_ARCH), quick_gelu=True).eval()
         return denseclip.ZeroShotSegmenter(clip, "tiny", is_random=True, size=224)
+
+
+TINY_DETECTIONS = 8  # boxes a tiny detector returns (a readable picture)
+
+
+def _tiny_detector(preset: str) -> torch.nn.Module:
+    """A tiny random detector whose (meaningless) boxes show at the app's default threshold.
+
+    With torchvision's initialisation an untrained RetinaNet scores every anchor 0.01 (its class prior)
+    and an untrained Mask R-CNN every class about 1 / (K + 1), both below 0.3, and its masks sit at the
+    0.5 cut: nothing would be drawn. The class prior is set to 0.5, the background logit lowered, and the
+    mask logits raised, so that the interface has boxes, labels and masks to show.
+    """
+    import denseclip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = denseclip.build_detector(preset, pretrained=False, detections_per_img=TINY_DETECTIONS)
+    det = model.detector
+    with torch.no_grad():
+        if model.is_retinanet:
+            det.head.classification_head.cls_logits.bias.zero_()
+        else:
+            det.roi_heads.box_predictor.cls_score.bias[0] = -3.0
+            det.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(1.0)
+    return model

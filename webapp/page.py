@@ -1,5 +1,6 @@
-"""What the page says, as text (no Gradio): the operator banner, the status line, the legend with its
-coverage bars, visitor text made safe for Markdown / HTML / toasts, and the page's CSS and scripts."""
+"""What the page says, as text (no Gradio): the operator banner, the status lines (segmentation and
+detection), the legend with its coverage bars, visitor text made safe for Markdown / HTML / toasts, and
+the page's CSS and scripts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import re
 
 from . import results
+from .detection import Detection, RenderedDetections, counts_by_class
 from .models import ModelRegistry
 from .outputs import Rendered
 from .pipeline import Segmentation
@@ -35,6 +37,8 @@ CSS = """
 .dc-bar span {display: block; height: 100%;}
 .dc-pct {text-align: right; font-variant-numeric: tabular-nums;}
 .dc-more {grid-column: 1 / -1; color: var(--body-text-color-subdued);}
+#detections-table {contain: inline-size; overflow-x: auto;}  /* a wide table scrolls, not the page */
+#detect-status {min-height: 1.5em;}
 """
 # The visitor's wait, measured in the browser from the click to the answer: queue and processing.
 START_JS = "(...args) => { window.denseclipStart = performance.now(); return args; }"
@@ -57,15 +61,16 @@ def md_keep_bold(text: str) -> str:
     return "**".join(md(part) for part in text.split("**"))
 
 
-def banner(registry: ModelRegistry) -> str:
-    """The operator banner: an untrained default model, and the models that could not be loaded with
-    what the operator can do (the reasons are in the server log). Empty when all is well."""
+def banner(registry: ModelRegistry, detectors: ModelRegistry | None = None) -> str:
+    """The operator banner: an untrained default model, and the models (and detectors) that could not be
+    loaded with what the operator can do (the reasons are in the server log). Empty when all is well."""
     lines = []
-    if registry.default.untrained:
+    if registry.default is not None and registry.default.untrained:
         lines.append(f"⚠️ **{md(registry.default.label)}** is an *untrained* model with random weights "
                      "(`--tiny`), for checking the interface offline: its results are meaningless.")
-    if registry.failures:
-        missing = ", ".join(md(label) for label in registry.failures)
+    failed = {**registry.failures, **(detectors.failures if detectors is not None else {})}
+    if failed:
+        missing = ", ".join(md(label) for label in failed)
         zero_shot = any(registry.specs[label].kind == "zeroshot" for label in registry.failures
                         if label in registry.specs)
         hint = (" (OpenAI CLIP weights are missing: put them in the folder named by `DENSECLIP_WEIGHTS_DIR`, "
@@ -85,6 +90,19 @@ def status_line(seg: Segmentation, out: Rendered) -> str:
     line = (f"Processed in **{rec['seconds']:.2f} s** · {md(seg.spec.label)}{untrained} · "
             f"{len(seg.pred.names)} classes · {w}×{h} px · largest: {top or 'none'}")
     return line + "".join(f"  \n{md(n.text)}" for n in seg.notes if not n.loud)
+
+
+def detection_status(det: Detection, out: RenderedDetections) -> str:
+    """Time, detector, how many detections at the threshold, size, the commonest classes; then the notes."""
+    rec = out.record
+    untrained = " · ⚠️ untrained model: random output" if det.spec.untrained else ""
+    h, w = rec["detected_at"]
+    n = len(rec["detections"])
+    common = ", ".join(f"{md(name)} ×{count}" for name, count in counts_by_class(rec))
+    line = (f"Processed in **{rec['seconds']:.2f} s** · {md(det.spec.label)}{untrained} · "
+            f"{n} detection{'' if n == 1 else 's'} scoring {det.options.threshold:.2f} or more · {w}×{h} px"
+            + (f" · most: {common}" if common else ""))
+    return line + "".join(f"  \n{md(note.text)}" for note in det.notes if not note.loud)
 
 
 def legend_html(state: dict) -> str:

@@ -61,10 +61,11 @@ class Options:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the operator allows per request."""
+    """What the operator allows: per request (image size) and per server (models kept loaded)."""
 
     max_side: int = MAX_SIDE
     max_pixels: int = MAX_PIXELS
+    max_loaded: int = 3  # segmentation models kept in memory (the least recently used is dropped)
 
 
 @dataclass
@@ -99,8 +100,13 @@ def check_options(options: Options) -> None:
         raise UserError(f"unmatched must be one of {', '.join(UNMATCHED_CHOICES)}, "
                         f"not '{options.unmatched}'.")
     for name, value, lo, hi in (("opacity", options.opacity, 0, 1), ("threshold", options.threshold, -1, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
-            raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
+        check_number(name, value, lo, hi)
+
+
+def check_number(name: str, value, lo: float, hi: float) -> None:
+    """A visitor's number: a real number from `lo` to `hi` (not a bool, not text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
 
 
 def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Options
@@ -182,7 +188,7 @@ def load_model(registry: ModelRegistry, spec: ModelSpec) -> torch.nn.Module:
         raise
     except Exception as e:
         log.warning("%s", registry.failures.get(spec.label) or f"{spec.label}: {type(e).__name__}: {e}")
-        if spec.kind == "zeroshot":
+        if spec.kind in ("zeroshot", "detector"):  # the operator's models: their files are missing
             raise UserError(f"{spec.label} is not available on this server right now. Choose another model "
                             "from the list.") from None
         raise UserError(f"Could not load {spec.label}: it is not a DenseCLIP checkpoint this app can read. "
