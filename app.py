@@ -166,8 +166,10 @@ class Handlers:
         self.registry, self.detectors, self.limits = registry, detectors, limits
         self.folders = OutputFolders()
 
-    def segment(self, image, class_names, model=None, opacity=0.5, templates="auto", unmatched="closest",
-                threshold=0.2, progress=gr.Progress()):
+    def segment(self, image, class_names, model=None, opacity=0.5, templates="auto",  # noqa: PLR0913
+                unmatched="closest", threshold=0.2, refine_edges=False, progress=gr.Progress()):
+        # one parameter per input: these names are the public /segment API; refine_edges is the page's
+        # "Refine edges" checkbox through a session state, which the API does not list (API calls: off)
         """Segment `image` into the classes named in `class_names`.
 
         Args:
@@ -186,7 +188,7 @@ class Handlers:
             results_json: every class's colour, pixels, share and scores; the timing; the notes.
             status: one line of Markdown: time, model, classes, size, largest classes, notes.
         """
-        options = Options(model, opacity, templates, unmatched, threshold)
+        options = Options(model, opacity, templates, unmatched, threshold, refine_edges)
         folder = self.folders.new()
         with visitor_errors("segment"):
             seg = run_request(self.registry, _inline_image(image, folder), class_names, options, self.limits,
@@ -325,8 +327,8 @@ def build_app(tiny: bool | None = None, checkpoints: Sequence[str] = (), checkpo
 
 def _wire_segment(ui: SimpleNamespace, handlers: Handlers) -> None:
     """The Segment tab's events: the run (the public /segment endpoint), then what a result offers."""
-    state, saved_text = gr.State(None), gr.State("")
-    inputs = [ui.image, ui.classes, ui.model, ui.opacity, ui.templates, ui.unmatched, ui.threshold]
+    state, saved_text, refine = gr.State(None), gr.State(""), gr.State(False)
+    inputs = [ui.image, ui.classes, ui.model, ui.opacity, ui.templates, ui.unmatched, ui.threshold, refine]
     outputs = [ui.overlay, ui.gallery, ui.label_map, ui.results, ui.status, state]
     done = ui.run.click(handlers.segment, inputs, outputs, api_name="segment", js=START_JS, **PREDICT)
     shown = done.success(show_details, state, [ui.coverage, ui.gallery, ui.picker, ui.readout], **PRIVATE)
@@ -339,6 +341,7 @@ def _wire_segment(ui: SimpleNamespace, handlers: Handlers) -> None:
     ui.classes.change(match_preset, ui.classes, ui.preset, **PRIVATE)
     ui.image.change(handlers.check_upload, ui.image, ui.image_note, show_progress="hidden", **REDRAW)
     ui.unmatched.change(lambda u: gr.Slider(visible=u == "threshold"), ui.unmatched, ui.threshold, **PRIVATE)
+    ui.refine.change(lambda on: on, ui.refine, refine, **PRIVATE)
 
 
 def _wire_detect(ui: SimpleNamespace, handlers: Handlers) -> None:
@@ -395,6 +398,8 @@ def _segment_tab(registry: ModelRegistry) -> SimpleNamespace:
             with gr.Accordion("Advanced", open=False):
                 ui.templates = gr.Dropdown([(v, k) for k, v in TEMPLATE_CHOICES.items()], value="auto",
                                            label="Prompt templates (zero-shot)", elem_id="templates-input")
+                ui.refine = gr.Checkbox(False, label="Refine edges (PAMR, slower)", elem_id="refine-input",
+                                        info="Zero-shot models: the maps follow the photo's edges.")
             ui.run = gr.Button("Segment", variant="primary", elem_id="run-button")
         with gr.Column(scale=7, min_width=300):
             ui.overlay = gr.Image(label="Segmentation", type="filepath", format="png", interactive=False,

@@ -155,7 +155,10 @@ def test_phone_layout(browser, tmp_path):
 
 def test_dark_mode_follows_the_page(browser, tmp_path):
     page = open_page(browser, dark=True)
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Refine edges (PAMR, slower)").check()
     run(page)
+    assert "Edges refined with PAMR" in page.evaluate(STATUS)
     page.wait_for_selector("#coverage-output .dc-name")
     luminance = """el => { const [r, g, b] = getComputedStyle(el).color.match(/\\d+/g).map(Number);
                            return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; }"""

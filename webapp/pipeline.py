@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,7 +46,9 @@ AUTO_TEMPLATE_LIMIT = 40  # "auto" templates: 7 prompts a class up to this many 
 MAX_PROMPTS = 6000  # class names x templates encoded in one request (CLIP's text tower is slow on CPU)
 MAX_MAP_ELEMENTS = 1 << 23  # bound on K*h*w of the score maps kept for drawing and reading
 MAP_SIDE = 384  # score maps are drawn about this large: computed at about this size
+PAMR_STEPS = 10  # "Refine edges": PAMR iterations after the zero-shot maps (NACLIP's setting)
 COMPUTE = threading.Lock()  # one prediction at a time: the cores are shared, text caches are not thread-safe
+_REFINED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # segmenter -> its PAMR twin (COMPUTE)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Options:
     templates: str = "auto"
     unmatched: str = "closest"  # see UNMATCHED_CHOICES (zero-shot models only)
     threshold: float = 0.2  # cosine similarity below which a pixel stays unlabelled ("threshold")
+    refine_edges: bool = False  # PAMR after a zero-shot model's maps (slower)
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,26 @@ def check_options(options: Options) -> None:
                         f"not '{options.unmatched}'.")
     for name, value, lo, hi in (("opacity", options.opacity, 0, 1), ("threshold", options.threshold, -1, 1)):
         check_number(name, value, lo, hi)
+    if not isinstance(options.refine_edges, bool):
+        raise UserError(f"refine_edges must be true or false, not {options.refine_edges!r}.")
 
 
 def check_number(name: str, value, lo: float, hi: float) -> None:
     """A visitor's number: a real number from `lo` to `hi` (not a bool, not text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
         raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
+
+
+def with_pamr(model):
+    """The zero-shot segmenter refining its maps with PAMR: a second segmenter on the same CLIP weights
+    (nothing copied), made once and kept while `model` is loaded. Call while holding COMPUTE."""
+    twin = _REFINED.get(model)
+    if twin is None:
+        cfg = model.cfg.replace(pamr_steps=PAMR_STEPS)
+        twin = type(model)(model.clip, model.model_name, cfg, is_random=model.is_random,
+                           pretrained=model.pretrained).to(model.device)
+        _REFINED[model] = twin
+    return twin
 
 
 def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Options
@@ -130,10 +148,13 @@ def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Option
         raise UserError(f"{len(names)} class names with the '{templates}' prompts make {n_prompts:,} texts "
                         f"to encode (the limit is {MAX_PROMPTS:,}): choose the 'single' or 'simple' prompts "
                         "(Advanced), or fewer names.")
+    if options.refine_edges:
+        model = with_pamr(model)
+        notes.append(Note(f"Edges refined with PAMR ({PAMR_STEPS} steps)."))
     r = model.predict(rgb, list(names), templates=templates, background=background,
                       max_output_elements=min(MAX_MAP_ELEMENTS, len(names) * MAP_SIDE ** 2))
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
-            if k in ("model", "method", "working_size", "templates", "background")}
+            if k in ("model", "method", "working_size", "templates", "background", "pamr_steps")}
     info["template_set"] = templates
     if info.get("method") in METHODS:
         info["paper"] = METHODS[info["method"]].paper
@@ -228,6 +249,8 @@ def segment(registry: ModelRegistry, image, class_names: str | None, options: Op
             if options.unmatched != "closest":
                 more.append(Note("A DenseCLIP checkpoint labels every pixel with one of its classes.",
                                  loud=True))
+            if options.refine_edges:
+                more.append(Note("Edge refinement (PAMR) applies to the zero-shot models only."))
     notes += more
     for w in caught:
         if "truncated" in str(w.message):
