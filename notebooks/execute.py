@@ -6,9 +6,11 @@ figures of the offline run (the toy micro-CLIP on a CPU); each notebook's top ce
     python notebooks/execute.py --clear                # strip the outputs instead
 
 Each notebook runs in a fresh temporary folder with HF_HUB_OFFLINE=1 and this checkout's `denseclip` on
-the kernel's PYTHONPATH. Figures are downscaled (at most 640 px wide, 256-colour PNGs), progress bars
-(stderr) are dropped, and the hash of the code cells is recorded in the notebook's metadata:
-tests/test_notebooks.py fails when the committed outputs no longer belong to the code above them.
+the kernel's PYTHONPATH, with one OpenMP thread unless OMP_NUM_THREADS says otherwise (as in
+tests/test_notebooks.py: the models are tiny, and on a shared machine more threads only contend).
+Figures are downscaled (at most 640 px wide, 256-colour PNGs), progress bars (stderr) are dropped, and
+the hash of the code cells is recorded in the notebook's metadata: tests/test_notebooks.py fails when
+the committed outputs no longer belong to the code above them.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def execute(path: Path, timeout: int = 1800) -> float:
     clear_outputs(nb)
     os.environ.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                       PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.pop("MPLBACKEND", None)
     os.environ.pop("DENSECLIP_WEIGHTS_DIR", None)
     work = Path(tempfile.mkdtemp(prefix="denseclip-notebook-"))
