@@ -61,7 +61,8 @@ def _worker(rank: int, init: str, errors: str) -> None:
         for path in CONFIGS:
             try:
                 cfg = tiny_version(path)
-                build = denseclip.build_detector if isinstance(cfg, DetectionConfig) else denseclip.build_model
+                detection = isinstance(cfg, DetectionConfig)
+                build = denseclip.build_detector if detection else denseclip.build_model
                 torch.manual_seed(0)
                 ddp = torch.nn.parallel.DistributedDataParallel(build(cfg, pretrained=False))
                 for _ in range(2):  # an unused parameter fails here, on the second step

@@ -94,7 +94,8 @@ def test_end_to_end_learns_and_writes_metrics(tmp_path):
     assert flip["test"]["flip"] and flip["test"]["mode"] == "slide" and 0 <= flip["mIoU"] <= 1
     # without --out the evaluation goes next to the checkpoint under its own name: the run's summary stays
     summary = (work / "final" / "metrics.json").read_text()
-    eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--workers", "0", "--max-images", "2"])
+    eval_seg.main(["--checkpoint", str(work / "final"), "--config", TINY, "--workers", "0",
+                   "--max-images", "2"])
     assert (work / "final" / "metrics.json").read_text() == summary
     assert json.loads((work / "final" / "eval_metrics.json").read_text())["num_images"] == 2
 
