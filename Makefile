@@ -43,6 +43,7 @@ bench: install
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_zeroshot.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_detection.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

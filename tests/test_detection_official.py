@@ -216,6 +216,14 @@ def test_image_pipeline(size, scale):
     torch.testing.assert_close(y, x, rtol=0, atol=1e-12)
 
 
+def test_the_8bit_resize_does_not_depend_on_the_model_dtype():
+    """cv2 resizes the uint8 picture: a float32 model gets the float64 pipeline's input, cast."""
+    img, cfg = uint8_image(480, 640, seed=3), DetectionConfig(min_size=800, max_size=1333)
+    y64, _, _ = preprocess(as_input(img), cfg)
+    y32, _, _ = preprocess(as_input(img).float(), cfg)
+    assert y32.dtype == torch.float32 and torch.equal(y32, y64.float())
+
+
 @pytest.mark.parametrize("sizes, strides, scales", [
     ((32, 64, 128, 256, 512), (8, 16, 32, 64, 128), [4 * 2 ** (i / 3) for i in range(3)]),  # RetinaNet
     ((32, 64, 128, 256, 512), (4, 8, 16, 32, 64), [8]),  # RPN

@@ -124,18 +124,20 @@ def preprocess(image: torch.Tensor, cfg: DetectionConfig) -> tuple[torch.Tensor,
     """mmdet's test pipeline for one (3, H, W) image in [0, 1] (an 8-bit picture divided by 255).
 
     Returns the network input (1, 3, H', W') (resized, normalised, zero-padded to a multiple of 32), the
-    resized size (h, w) and mmdet's scale_factor (w / W, h / H, w / W, h / H) as float32.
+    resized size (h, w) and mmdet's scale_factor (w / W, h / H, w / W, h / H) as float32. The 8-bit
+    arithmetic runs in float64 whatever the image's dtype (cv2 resizes the uint8 picture itself; in float32
+    about 0.06% of the resized values rounded to the other grey level); the input comes in the image's dtype.
     """
     h0, w0 = image.shape[-2:]
     h, w = keep_ratio_size(h0, w0, cfg.min_size, cfg.max_size)
-    x = (image[None] * 255).round()  # mmdet decodes images to 8-bit arrays
+    x = (image[None].double() * 255).round()  # mmdet decodes images to 8-bit arrays
     if (h, w) != (h0, w0):  # cv2 bilinear (half-pixel centres, no antialiasing), written back to uint8
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         x = torch.floor(x + 0.5).clamp_(0, 255)
     mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
     x = (x - mean) / std
-    x = F.pad(x, (0, -w % SIZE_DIVISOR, 0, -h % SIZE_DIVISOR))
+    x = F.pad(x, (0, -w % SIZE_DIVISOR, 0, -h % SIZE_DIVISOR)).to(image.dtype)
     scale = torch.tensor([w / w0, h / h0, w / w0, h / h0], dtype=torch.float32)
     return x, (h, w), scale.to(image.dtype)
 
