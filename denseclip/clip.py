@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import DenseCLIPConfig, ModelConfig
 from .hub import WeightsUnavailableError, hub_file
 
 WEIGHTS_DIR_ENV = "DENSECLIP_WEIGHTS_DIR"  # folder searched for CLIP weight files before the Hub
@@ -129,6 +129,6 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
 def clip_for(cfg: ModelConfig, pretrained: str | None = None) -> nn.Module | None:
     """The open_clip model a config needs (None when it uses neither CLIP tower): with the `pretrained`
     weights, or a random skeleton whose tensors a checkpoint will overwrite."""
-    if getattr(cfg, "backbone", "clip") != "clip" and cfg.prompt is None:
+    if isinstance(cfg, DenseCLIPConfig) and cfg.backbone != "clip" and cfg.prompt is None:  # a timm encoder
         return None
     return create_clip(cfg.clip_model, pretrained, cfg.clip_arch, cfg.quick_gelu)
