@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import DenseCLIPConfig, ModelConfig
-from .hub import WeightsUnavailableError, hub_file
+from .hub import WeightsUnavailableError, first_hub_file
 
 WEIGHTS_DIR_ENV = "DENSECLIP_WEIGHTS_DIR"  # folder searched for CLIP weight files before the Hub
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -58,15 +58,10 @@ def clip_weights_file(model_name: str, tag: str) -> Path:
     parts = hub.split("/")  # "org/repo" or "org/repo/file"
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    error: Exception | None = None
-    for name in names:  # the next name only if the Hub answered that this one does not exist
-        try:
-            return hub_file(repo_id, name, what=f"CLIP weights {model_name}/{tag}")
-        except FileNotFoundError as e:
-            error = e
-        except WeightsUnavailableError as e:
-            raise WeightsUnavailableError(_offline_help(model_name, tag, str(e))) from e
-    raise WeightsUnavailableError(_offline_help(model_name, tag, str(error))) from error
+    try:
+        return first_hub_file(repo_id, names, what=f"CLIP weights {model_name}/{tag}")
+    except (FileNotFoundError, WeightsUnavailableError) as e:
+        raise WeightsUnavailableError(_offline_help(model_name, tag, str(e))) from e
 
 
 def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -55,3 +55,17 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None, what: str
         _silent_until = time.monotonic() + RETRY_AFTER
         raise WeightsUnavailableError(f"{what} could not be downloaded: the Hugging Face Hub did not answer "
                                       f"({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def first_hub_file(repo_id: str, filenames: list[str], revision: str | None = None,
+                   what: str | None = None) -> Path:
+    """The first of `filenames` that Hub repo `repo_id` has (hub_file each); the next one is tried only
+    when the Hub answered that this one does not exist. FileNotFoundError (the last answer) if none
+    exists; WeightsUnavailableError as soon as the Hub cannot be asked."""
+    error: FileNotFoundError | None = None
+    for name in filenames:
+        try:
+            return hub_file(repo_id, name, revision=revision, what=what)
+        except FileNotFoundError as e:
+            error = e
+    raise FileNotFoundError(f"none of {filenames} exists in {repo_id} ({error})") from error

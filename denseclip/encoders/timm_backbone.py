@@ -21,7 +21,7 @@ def timm_weights_file(model_name: str) -> Path | None:
     within seconds (WeightsUnavailableError, saying what to do) instead of hanging in retries."""
     from timm.models import get_pretrained_cfg
 
-    from ..hub import WeightsUnavailableError, hub_file
+    from ..hub import WeightsUnavailableError, first_hub_file
 
     cfg = get_pretrained_cfg(model_name)
     if cfg is None or not cfg.hf_hub_id:
@@ -29,18 +29,15 @@ def timm_weights_file(model_name: str) -> Path | None:
     repo_id, _, revision = cfg.hf_hub_id.partition("@")
     names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else list(TIMM_WEIGHT_FILES)
     what = f"timm's ImageNet weights for {model_name!r} ({repo_id})"
-    error: Exception | None = None
-    for name in names:  # the next name only if the Hub answered that this one does not exist
-        try:
-            return hub_file(repo_id, name, revision=revision or None, what=what)
-        except FileNotFoundError as e:
-            error = e
-        except WeightsUnavailableError as e:
-            raise WeightsUnavailableError(
+    try:
+        return first_hub_file(repo_id, names, revision=revision or None, what=what)
+    except FileNotFoundError as e:
+        raise WeightsUnavailableError(f"{what}: none of {names} exists on the Hub ({e})") from e
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(
                 f"{e}. Build the backbone with random weights instead (backbone_pretrained=False, or "
                 f"build_model(..., pretrained=False)), or put the file in the Hugging Face cache "
                 f"(`huggingface-cli download {repo_id}` on a machine with internet)") from e
-    raise WeightsUnavailableError(f"{what}: none of {names} exists on the Hub ({error})")
 
 
 class TimmEncoder(nn.Module):

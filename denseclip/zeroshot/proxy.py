@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLIP_MEAN, CLIP_STD
-from ..hub import WeightsUnavailableError, hub_file
+from ..hub import WeightsUnavailableError, first_hub_file
 
 
 def proxy_weights_file(name: str) -> Path:
@@ -37,15 +37,13 @@ def proxy_weights_file(name: str) -> Path:
              "proxy_weights='/path/file', or use method='naclip', which needs no second model")
     if not repo:
         raise WeightsUnavailableError(f"ProxyCLIP proxy {name!r} has no weights on the Hub in timm; {help_}")
-    error: Exception | None = None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            return hub_file(repo, filename, what=f"ProxyCLIP proxy weights {name} ({repo})")
-        except FileNotFoundError as e:
-            error = e
-        except WeightsUnavailableError as e:
-            raise WeightsUnavailableError(f"{e}; {help_}") from e
-    raise WeightsUnavailableError(f"no weights file for {name} in {repo} ({error}); {help_}")
+    try:
+        return first_hub_file(repo, ["model.safetensors", "pytorch_model.bin"],
+                              what=f"ProxyCLIP proxy weights {name} ({repo})")
+    except FileNotFoundError as e:
+        raise WeightsUnavailableError(f"no weights file for {name} in {repo} ({e}); {help_}") from e
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(f"{e}; {help_}") from e
 
 
 def create_proxy(name: str = "vit_base_patch8_224.dino", weights: str | None = "timm") -> nn.Module:
