@@ -20,7 +20,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from torch import nn
 
-from .config import Config, config_from_dict
+from .config import Config, DetectionConfig, config_from_dict
 from .hub import hub_file
 
 CHECKPOINT_NAME = "model.safetensors"
@@ -111,7 +111,7 @@ def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: 
             raise ValueError(f"{path} carries no config; pass {hint}")
         cfg = base or config_from_dict(stored)
         if not isinstance(cfg, kind):
-            what, loader = ("segmentation", "load_checkpoint") if kind.__name__ == "DetectionConfig" else \
+            what, loader = ("segmentation", "load_checkpoint") if issubclass(kind, DetectionConfig) else \
                 ("detection", "load_detector")
             raise ValueError(f"{path} holds a {what} checkpoint ({type(cfg).__name__}): load it with "
                              f"denseclip.{loader}")
