@@ -80,6 +80,14 @@ def _tokens(clip, x):
     return v.ln_pre(t + _dino_pos(v.positional_embedding, 4, grid)), grid
 
 
+def _before_last(clip, x, n=1):
+    """_tokens, then CLIP's blocks but the last `n`: (B, 1 + h*w, C) and (h, w)."""
+    t, grid = _tokens(clip, x)
+    for blk in clip.visual.transformer.resblocks[:-n]:
+        t = blk(t)
+    return t, grid
+
+
 def _project(clip, t, grid):
     return (clip.visual.ln_post(t) @ clip.visual.proj).transpose(1, 2).reshape(t.shape[0], -1, *grid)
 
@@ -168,9 +176,7 @@ def test_naclip_dense_equals_its_released_forward(clip):
     x = torch.randn(1, 3, 64, 96)
     blocks = clip.visual.transformer.resblocks
     with torch.no_grad():
-        t, grid = _tokens(clip, x)
-        for blk in blocks[:-1]:
-            t = blk(t)
+        t, grid = _before_last(clip, x)
         q, k, v = (_heads(a, blocks[-1].attn.num_heads) for a in _qkv(blocks[-1], t))
         a = (k @ k.transpose(-1, -2) * (v.shape[-1] ** -0.5) + _window_bias(*grid, 5.0)).softmax(-1)
         out = blocks[-1].attn.out_proj(_merge(a @ v))
@@ -183,9 +189,7 @@ def test_sclip_dense_keeps_residual_and_ffn(clip):
     x = torch.randn(1, 3, 80, 64)
     blocks = clip.visual.transformer.resblocks
     with torch.no_grad():
-        t, grid = _tokens(clip, x)
-        for blk in blocks[:-1]:
-            t = blk(t)
+        t, grid = _before_last(clip, x)
         blk = blocks[-1]
         q, k, v = (_heads(a, blk.attn.num_heads) for a in _qkv(blk, t))
         s = v.shape[-1] ** -0.5
@@ -203,9 +207,7 @@ def test_clip_surgery_dual_path_and_feature_surgery_equal_the_authors(clip):
     text = F.normalize(torch.randn(5, 32), dim=-1)
     blocks = clip.visual.transformer.resblocks
     with torch.no_grad():
-        t, grid = _tokens(clip, x)
-        for blk in blocks[:-2]:
-            t = blk(t)
+        t, grid = _before_last(clip, x, 2)
         new, ori = t, t
         for blk in blocks[-2:]:  # the authors: v-v of the original path's tokens; no FFN on the new path
             q, k, v = (_heads(a, blk.attn.num_heads) for a in _qkv(blk, ori))
@@ -247,9 +249,7 @@ def test_proxyclip_dense_equals_its_released_forward(clip, patch):
     x = torch.randn(1, 3, 64, 64)
     blk = clip.visual.transformer.resblocks[-1]
     with torch.no_grad():
-        t, grid = _tokens(clip, x)
-        for b in clip.visual.transformer.resblocks[:-1]:
-            t = b(t)
+        t, grid = _before_last(clip, x)
         mean, std, m2, s2 = (torch.tensor(v).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN,
                                                                         IMAGENET_STD))
         xp = (x * std + mean - m2) / s2  # CLIP's normalisation undone, the proxy's (DINO: ImageNet's) applied
