@@ -41,13 +41,11 @@ def _find_in_weights_dir(model_name: str, tag: str) -> str | None:
     return None
 
 
-def clip_weights_file(model_name: str, tag: str) -> Path:
-    """The weights file of an open_clip (model, tag): DENSECLIP_WEIGHTS_DIR, then the Hub (or its cache)."""
+def hub_weights(model_name: str, tag: str) -> tuple[str, list[str]]:
+    """(Hub repo, weight files to try in order) of open_clip's (model, tag): its `hf_hub` entry, "org/repo/"
+    (open_clip's safetensors file first) or "org/repo/file"."""
     import open_clip
 
-    found = _find_in_weights_dir(model_name, tag)
-    if found:
-        return Path(found)
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         raise ValueError(f"no pretrained tag {tag!r} for {model_name}; available: "
@@ -55,9 +53,31 @@ def clip_weights_file(model_name: str, tag: str) -> Path:
     hub = cfg.get("hf_hub", "").rstrip("/")
     if not hub:
         raise WeightsUnavailableError(_offline_help(model_name, tag, "its open_clip entry has no Hub repo"))
-    parts = hub.split("/")  # "org/repo" or "org/repo/file"
+    parts = hub.split("/")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo_id, [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
+    """The precision `device` computes fastest at CLIP's accuracy: bfloat16 on CPUs with AVX512-BF16 or AMX
+    and on GPUs that have it, float16 on older GPUs, float32 elsewhere (float16 on a CPU is emulated)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        if caps.get("avx512_bf16") or caps.get("amx_bf16"):
+            return torch.bfloat16
+    return torch.float32
+
+
+def clip_weights_file(model_name: str, tag: str) -> Path:
+    """The weights file of an open_clip (model, tag): DENSECLIP_WEIGHTS_DIR, then the Hub (or its cache)."""
+
+    found = _find_in_weights_dir(model_name, tag)
+    if found:
+        return Path(found)
+    repo_id, names = hub_weights(model_name, tag)
     try:
         return first_hub_file(repo_id, names, what=f"CLIP weights {model_name}/{tag}")
     except (FileNotFoundError, WeightsUnavailableError) as e:
