@@ -133,9 +133,9 @@ def tokenizer():
 # -------------------------------------------------------------------------------------------- training
 def new_clip() -> nn.Module:
     """The micro-CLIP's open_clip architecture with random weights (ResNet image tower, 24-token text)."""
-    import open_clip
+    from .clip import create_clip
 
-    return open_clip.CLIP(**json.loads(json.dumps(TOY_CLIP_ARCH)), quick_gelu=True)
+    return create_clip(TOY_CLIP_NAME, None, arch=TOY_CLIP_ARCH, quick_gelu=True)
 
 
 def contrastive_loss(clip: nn.Module, images: torch.Tensor, tokens: torch.Tensor,

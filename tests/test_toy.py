@@ -121,7 +121,7 @@ def test_default_toy_clip_learns_pixel_text_matching():
     clip = toy.toy_clip(progress=False)
     r = toy.retrieval_accuracy(clip, seed=7)
     assert r["retrieval_acc"] > r["retrieval_chance"] + 0.3, r
-    zs = denseclip.ZeroShotSegmenter(clip, toy.TOY_CLIP_NAME, dense_mode="value", templates="single",
+    zs = denseclip.ZeroShotSegmenter(clip, toy.TOY_CLIP_NAME, method="maskclip", templates="single",
                                      size=192)
     metric = SegMetric(len(toy.TOY_CLASSES))
     for s in SyntheticSegDataset(8, seed=0, size=(192, 288), offset=10**6):
