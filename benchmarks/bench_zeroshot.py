@@ -76,10 +76,17 @@ def agreement(a, b) -> tuple[float, float]:
 
 
 def gflop(fn) -> float:
+    """GFLOPs of one call, every matmul counted: the fused attention paths (nn.MultiheadAttention's fast
+    path, the CPU flash kernel) are switched to their decomposed forms, which torch's counter sees."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
     return counter.get_total_flops() / 1e9
 
 
