@@ -252,4 +252,4 @@ def test_unavailable_models_are_marked_before_anyone_asks(monkeypatch, caplog):
 def test_tiny_models_are_the_same_every_start():
     a, b = models._tiny_model("zeroshot"), models._tiny_model("zeroshot")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert a.is_random and models._tiny_model("denseclip").cfg.class_names[0] == "sky"
+    assert a.pretrained is None and models._tiny_model("denseclip").cfg.class_names[0] == "sky"

@@ -13,7 +13,6 @@ whose weights are missing are marked before anyone presses Segment; detectors lo
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -214,9 +213,8 @@ def _detector(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
 
 def _tiny_model(kind: str) -> torch.nn.Module:
     """The same random tiny model every start (stable screenshots and tests)."""
-    import open_clip
-
     import denseclip
+    from denseclip.clip import create_clip
     from denseclip.config import TINY_VIT_ARCH
 
     with torch.random.fork_rng(devices=[]):
@@ -224,8 +222,8 @@ def _tiny_model(kind: str) -> torch.nn.Module:
         if kind == "denseclip":
             return denseclip.build_model("denseclip-tiny-rn", pretrained=False)
         # a tiny random ViT's maps vary more across an image than a tiny ResNet's: several classes show
-        clip = open_clip.CLIP(**copy.deepcopy(TINY_VIT_ARCH), quick_gelu=True).eval()
-        return denseclip.ZeroShotSegmenter(clip, "tiny", is_random=True, size=224)
+        clip = create_clip("tiny", None, arch=TINY_VIT_ARCH)
+        return denseclip.ZeroShotSegmenter(clip, "tiny", pretrained=None, size=224)
 
 
 TINY_DETECTIONS = 8  # boxes a tiny detector returns (a readable picture)

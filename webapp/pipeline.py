@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,7 +47,6 @@ MAX_MAP_ELEMENTS = 1 << 23  # bound on K*h*w of the score maps kept for drawing 
 MAP_SIDE = 384  # score maps are drawn about this large: computed at about this size
 PAMR_STEPS = 10  # "Refine edges": PAMR iterations after the zero-shot maps (NACLIP's setting)
 COMPUTE = threading.Lock()  # one prediction at a time: the cores are shared, text caches are not thread-safe
-_REFINED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # segmenter -> its PAMR twin (COMPUTE)
 
 
 @dataclass(frozen=True)
@@ -115,18 +113,6 @@ def check_number(name: str, value, lo: float, hi: float) -> None:
         raise UserError(f"{name} must be a number from {lo} to {hi}, not {value!r}.")
 
 
-def with_pamr(model):
-    """The zero-shot segmenter refining its maps with PAMR: a second segmenter on the same CLIP weights
-    (nothing copied), made once and kept while `model` is loaded. Call while holding COMPUTE."""
-    twin = _REFINED.get(model)
-    if twin is None:
-        cfg = model.cfg.replace(pamr_steps=PAMR_STEPS)
-        twin = type(model)(model.clip, model.model_name, cfg, is_random=model.is_random,
-                           pretrained=model.pretrained).to(model.device)
-        _REFINED[model] = twin
-    return twin
-
-
 def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Options
                  ) -> tuple[Prediction, list[Note]]:
     """A ZeroShotSegmenter on one image; "auto" templates = "simple" up to AUTO_TEMPLATE_LIMIT classes."""
@@ -149,9 +135,9 @@ def run_zeroshot(model, rgb: np.ndarray, names: tuple[str, ...], options: Option
                         f"to encode (the limit is {MAX_PROMPTS:,}): choose the 'single' or 'simple' prompts "
                         "(Advanced), or fewer names.")
     if options.refine_edges:
-        model = with_pamr(model)
         notes.append(Note(f"Edges refined with PAMR ({PAMR_STEPS} steps)."))
     r = model.predict(rgb, list(names), templates=templates, background=background,
+                      pamr_steps=PAMR_STEPS if options.refine_edges else 0,
                       max_output_elements=min(MAX_MAP_ELEMENTS, len(names) * MAP_SIDE ** 2))
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
             if k in ("model", "method", "working_size", "templates", "background", "pamr_steps")}
