@@ -55,8 +55,8 @@ def repo_url() -> str:
         urls = tomllib.load(f)["project"].get("urls", {})
     url = urls.get("Repository", "").rstrip("/")
     if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
-        raise ValueError(f"pyproject.toml [project.urls] Repository must be https://github.com/<owner>/<name> "
-                         f"(Colab opens GitHub repositories), got {url!r}")
+        raise ValueError("pyproject.toml [project.urls] Repository must be "
+                         f"https://github.com/<owner>/<name> (Colab opens GitHub repositories), got {url!r}")
     return url
 
 
