@@ -13,8 +13,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .config import PromptConfig
-from .ops import attention
+from .config import ModelConfig, PromptConfig
+from .ops import attention, score_maps
 from .vocab import clean_class_names
 
 
@@ -304,3 +304,33 @@ class ContextPrompting(nn.Module):
         if self.context_decoder is not None:
             text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
         return text
+
+    def onto_stage(self, enc, stage: int, tau: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                              torch.Tensor]:
+        """The score maps S = norm(z) . norm(t')^T (divided by `tau` if given) concatenated onto stage `stage`
+        of an encoder output (`features`, `global_embedding`, `dense`, see encoders.EncoderOutput).
+
+        Returns (the stage features, stage `stage` now (B, C + K, h, w); S (B, K, h, w); t' (B, K, D))."""
+        text = self(enc.global_embedding, enc.dense)
+        s = score_maps(enc.dense, text)
+        s = s / tau if tau is not None else s
+        feats = list(enc.features)
+        if s.shape[2:] != feats[stage].shape[2:]:
+            raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {stage} features "
+                             f"{tuple(feats[stage].shape[2:])} differ in size; pick the stage at the "
+                             "embedding stride (score_concat_index)")
+        feats[stage] = torch.cat([feats[stage], s.to(feats[stage].dtype)], dim=1)
+        return feats, s, text
+
+
+def prompting_for(clip_model: nn.Module, cfg: ModelConfig, embed_dim: int | None) -> ContextPrompting | None:
+    """The text side a config asks for (None for the CLIP baseline), checked against the dimension of the
+    image encoder's embeddings `embed_dim`."""
+    if cfg.prompt is None:
+        clean_class_names(cfg.class_names)
+        return None
+    prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt)
+    if prompting.embed_dim != embed_dim:
+        raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {prompting.embed_dim}: "
+                         f"CLIP {cfg.clip_model!r}'s towers do not fit together")
+    return prompting

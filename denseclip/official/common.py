@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import PromptConfig
+from ..config import ModelConfig, PromptConfig
 
 Table = tuple[tuple[str, str], ...]
 
@@ -107,3 +107,17 @@ def resnet_tower(state: dict[str, torch.Tensor], resolution: int) -> tuple[dict,
 
 # A text tower open_clip builds for a CLIP baseline's skeleton (the baseline uses none of it).
 BASELINE_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1}
+
+
+def class_names_for(k: int, meta: dict, base: ModelConfig | None, default: tuple[str, ...]) -> tuple:
+    """The names of a checkpoint's `k` classes: meta["CLASSES"], else those of `base` or `default` (the
+    task's dataset) when they are `k`."""
+    names = meta.get("CLASSES")
+    if names is None:
+        known = (base.class_names if base is not None else (), default)
+        names = next((n for n in known if len(n) == k), None)
+    if names is None or len(names) != k:
+        held = "none" if names is None else len(names)
+        raise ValueError(f"the checkpoint has {k} classes but no matching class names (meta['CLASSES'] holds "
+                         f"{held}); pass class_names=[...]")
+    return tuple(str(n) for n in names)

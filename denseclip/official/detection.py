@@ -20,7 +20,15 @@ import torch
 
 from ..config import DetectionConfig
 from ..vocab import COCO_CLASSES
-from .common import BASELINE_TEXT_CFG, count, read_official_checkpoint, rename, resnet_tower, text_side
+from .common import (
+    BASELINE_TEXT_CFG,
+    class_names_for,
+    count,
+    read_official_checkpoint,
+    rename,
+    resnet_tower,
+    text_side,
+)
 
 _SHARED = (
     ("backbone.", "detector.backbone.encoder.visual."),
@@ -116,18 +124,6 @@ def _head_fields(state: dict[str, torch.Tensor], kind: str) -> tuple[int, dict]:
     return state["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1, fields
 
 
-def _class_names(k: int, meta: dict, base: DetectionConfig | None) -> tuple[str, ...]:
-    names = meta.get("CLASSES")
-    if names is None:
-        names = base.class_names if base is not None and len(base.class_names) == k else \
-            COCO_CLASSES if k == 80 else None
-    if names is None or len(names) != k:
-        held = "none" if names is None else len(names)
-        raise ValueError(f"the checkpoint has {k} classes but no matching class names (meta['CLASSES'] holds "
-                         f"{held}); pass class_names=[...]")
-    return tuple(str(n) for n in names)
-
-
 def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | None = None,
                                   base: DetectionConfig | None = None) -> DetectionConfig:
     """A DetectionConfig that fits the tensors of an authors' detection checkpoint, with mmdetection's
@@ -146,7 +142,7 @@ def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | N
         name=f"official-{'denseclip' if prompt else 'clip'}-{kind}-{name.lower()}", detector=kind,
         clip_model=name, clip_pretrained=None, quick_gelu=True, input_resolution=vision_cfg["image_size"],
         clip_arch={"embed_dim": int(embed_dim), "vision_cfg": vision_cfg, "text_cfg": dict(text_cfg)},
-        class_names=_class_names(k, meta or {}, base), prompt=prompt, pos_embed="crop",
+        class_names=class_names_for(k, meta or {}, base, COCO_CLASSES), prompt=prompt, pos_embed="crop",
         anchor_sizes=(32, 64, 128, 256, 512), mmdet_compat=True, **head)
 
 
@@ -163,11 +159,6 @@ def translate_detector(state: dict[str, torch.Tensor], kind: str,
         fix = TENSOR_FIXES.get(ours)
         out[ours] = fix(tensor) if fix is not None else tensor
     return out
-
-
-def authors_detector_name(kind: str, key: str) -> str:
-    """Our key under the authors' name (for messages about their files)."""
-    return rename(key, DETECTION_KEYS[kind], reverse=True) or key
 
 
 def load_official_detector(path: str | Path, base: DetectionConfig | None = None,
