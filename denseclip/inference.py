@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import TestConfig
-from .data.transforms import load_image, normalize_image, resize_keep_ratio, to_image_tensor
+from .data.images import load_image
+from .data.transforms import normalize_image, resize_keep_ratio, to_image_tensor
 from .metrics import class_coverage
 
 

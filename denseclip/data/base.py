@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .transforms import load_image
+from .images import TURNED, load_image, read_header
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VALIDATE_MODES = ("full", "fast", "none")
-TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height: loading turns the picture by 90 degrees
 UPRIGHT_HINT = "save the image upright (PIL.ImageOps.exif_transpose(img).save(path)) or turn the mask"
 
 
@@ -129,29 +128,6 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     return out
 
 
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 = as stored); a broken EXIF block counts as 1, as `load_image` does."""
-    try:
-        return int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - unreadable EXIF: loading keeps the stored pixels too
-        return 1
-
-
-def header_size(path: Path, what: str, oriented: bool = False) -> tuple[int, int, int]:
-    """(H, W, EXIF orientation) from the file header only; with `oriented`, H x W as loading gives it (turned
-    by the EXIF orientation, as `load_image` does). Errors name the file."""
-    if not path.is_file():
-        raise ValueError(f"{what} file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} file is empty (0 bytes): {path}")
-    try:
-        with Image.open(path) as img:
-            (w, h), orientation = img.size, exif_orientation(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{what} file is unreadable (not an image or corrupt header): {path} ({e})") from e
-    return (w, h, orientation) if oriented and orientation in TURNED else (h, w, orientation)
-
-
 def size_mismatch(image: Path, image_hw: tuple[int, int], mask: Path, mask_hw: tuple[int, int],
                   orientation: int) -> str:
     """The problem of an image and its mask of different sizes (H x W as loaded), naming both files."""
@@ -228,29 +204,26 @@ class SegDataset(torch.utils.data.Dataset):
         image, label = self.load_image(i), self.load_label(i)
         if image.shape[:2] != label.shape:
             s = self.samples[i]
-            with Image.open(s.image) as img:
-                orientation = exif_orientation(img)
+            orientation = read_header(s.image).orientation
             raise ValueError(size_mismatch(s.image, image.shape[:2], s.label, label.shape, orientation))
         return {"image": image, "label": label, "name": self.samples[i].image.stem}
 
     # ------------------------------------------------------------------ validation
-    def check_sample(self, i: int, mode: str = "full") -> list[str]:
-        """Problems of one sample (empty when fine). fast: headers and sizes (the image's as loading turns
-        it by its EXIF orientation); full: also decode, label values."""
-        return self._check(i, mode)[0]
-
     def _check(self, i: int, mode: str) -> tuple[list[str], bool]:
-        """(problems, whether the image is square and turned by its EXIF orientation: then the sizes cannot
-        tell whether the mask was drawn on the turned or the stored picture)."""
+        """Problems of one sample (fast: headers and sizes, the image's as loading turns it by its EXIF
+        orientation; full: also decoding and label values), and whether the image is square and turned by
+        its EXIF orientation: then the sizes cannot tell whether the mask was drawn on the turned or the
+        stored picture."""
         s = self.samples[i]
         problems = []
         try:
-            hi, wi, orientation = header_size(s.image, "image", oriented=True)
-            hl, wl, _ = header_size(s.label, "mask")
-        except ValueError as e:
+            image = read_header(s.image)
+            mask = read_header(s.label, what="mask").stored_hw  # masks are read as stored
+        except (OSError, ValueError) as e:
             return [str(e)], False
-        if (hi, wi) != (hl, wl):
-            return [size_mismatch(s.image, (hi, wi), s.label, (hl, wl), orientation)], False
+        hi, wi, orientation = image.height, image.width, image.orientation
+        if (hi, wi) != mask:
+            return [size_mismatch(s.image, (hi, wi), s.label, mask, orientation)], False
         if mode == "full":
             try:
                 with warnings.catch_warnings():
