@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.ops import box_convert
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's
@@ -43,7 +44,7 @@ def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat
         boxes = det["boxes"].detach().float().cpu()
         if boxes.numel() == 0:
             continue
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        xywh = box_convert(boxes, "xyxy", "xywh").tolist()
         scores, labels = det["scores"].tolist(), det["labels"].tolist()
         rles = None
         if with_masks:

@@ -31,7 +31,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_convert, roi_align
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_area, box_convert, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..config import DetectionConfig
@@ -142,7 +142,7 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         """x: {name: (B, C, H, W)}; boxes: per image (N_i, 4) xyxy in the input -> (sum N_i, C, s, s)."""
         feats = [x[n] for n in self.featmap_names]
         rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
-        scale = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
+        scale = box_area(rois[:, 1:]).sqrt()
         level = torch.floor(torch.log2(scale / FINEST_SCALE + 1e-6)).clamp(0, len(feats) - 1).long()
         out = feats[0].new_zeros(len(rois), feats[0].shape[1], *self.output_size)
         for i, (f, stride) in enumerate(zip(feats, self.strides)):
