@@ -88,23 +88,26 @@ def predict(model, image, test: TestConfig | None = None, *, amp_dtype: torch.dt
     image: a path, PIL image, numpy array (H, W[, C]) or tensor (C, H, W); any mode (grayscale, RGBA,
     16-bit) is converted to RGB. test: the pipeline (default: the model's own, `model.cfg.test`: short
     side 512, slide 512/341 for the ADE20K presets); probabilities are averaged over its scales and flips
-    (mmseg's aug_test). amp_dtype: e.g. torch.bfloat16 to run under autocast.
+    (mmseg's aug_test). The model runs in its weights' dtype (`model.to(torch.bfloat16)`: the fast path on
+    CPUs with AVX512-BF16 and on GPUs, see denseclip.clip.fast_dtype); logits, probabilities and labels are
+    computed in float32. amp_dtype: e.g. torch.bfloat16 to run fp32 weights under autocast (training).
     """
     t0 = time.perf_counter()
     test = test or model.cfg.test
     rgb = load_image(image)
     h0, w0 = rgb.shape[:2]
-    device = next(model.parameters()).device
-    x0 = to_image_tensor(rgb).to(device)
+    weights = next(model.parameters())
+    x0 = to_image_tensor(rgb).to(weights.device)
     was_training = model.training
     model.eval()
     probs = None
     try:
         for s in test.scales:
             x = normalize_image(resize_keep_ratio(x0, int(test.short_side * s), int(test.max_long_side * s)))
+            x = x.to(weights.dtype)  # the model's precision (bfloat16 weights: the fast path); logits in fp32
             for flipped in ((False, True) if test.flip else (False,)):
                 xi = x.flip(-1) if flipped else x
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(weights.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = _logits(model, xi) if test.mode == "whole" else \
                         slide(lambda crops: _logits(model, crops), xi, test.crop, test.stride, test.batch)
                 logits = F.interpolate(logits.float(), size=(h0, w0), mode="bilinear", align_corners=False)

@@ -8,7 +8,9 @@ Follow a tensor (the authors' DenseCLIP_RetinaNet / DenseCLIP_MaskRCNN `extract_
     RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (add_extra_convs='on_input';
                 mmdetection's P7 = conv(P6), see detection/mmdet.py)
     Mask R-CNN: FPN(C2, C3, C4, C5') -> P2..P5, P6 = maxpool(P5)
-`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want.
+`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want, in full
+precision whatever the weights (torchvision makes anchors in the features' dtype; RoI pooling and NMS have
+no bfloat16 CPU kernels): with bfloat16 weights the backbone computes in bfloat16 and hands over float32.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 from ..config import DetectionConfig
 from ..encoders import CLIPResNetEncoder
 from ..prompting import ContextPrompting
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float32 for a bfloat16 / float16 tensor; any other tensor as it is (float64 stays float64)."""
+    return x.float() if x.dtype in LOW_PRECISION else x
 
 
 class DenseCLIPBackbone(nn.Module):
@@ -61,7 +70,7 @@ class DenseCLIPBackbone(nn.Module):
         if self.prompting is not None:
             feats, score_map, _ = self.prompting.onto_stage(enc, 3, self.tau)
         out = self.fpn(OrderedDict((str(i), feats[i]) for i in self.in_levels))
-        return OrderedDict(zip(self.level_names, out.values())), score_map
+        return OrderedDict(zip(self.level_names, map(full_precision, out.values()))), score_map
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.forward_with_score_map(x)[0]

@@ -32,7 +32,7 @@ from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, resolve
 from ..encoders import CLIPResNetEncoder
 from ..param_groups import param_groups
 from ..prompting import prompting_for
-from .backbone import DenseCLIPBackbone
+from .backbone import DenseCLIPBackbone, full_precision
 from .mmdet import OCTAVE, RATIOS, use_mmdet_parts
 from .mmdet_inference import mmdet_detect
 
@@ -70,6 +70,40 @@ def aux_loss(score_map: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return loss / weight.sum().clamp(min=1)
 
 
+def _cast(x, fn):
+    """`fn` applied to every tensor in a (nested) list, tuple or dict."""
+    if torch.is_tensor(x):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _cast(v, fn) for k, v in x.items()}
+    return type(x)(_cast(v, fn) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _to_weights_dtype(module: nn.Module, args: tuple) -> tuple:
+    dtype = next(module.parameters()).dtype
+    return _cast(args, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+def _to_full_precision(module: nn.Module, args: tuple, output):
+    return _cast(output, full_precision)
+
+
+def heads_in_weights_dtype(det: RetinaNet | MaskRCNN) -> None:
+    """torchvision's heads compute in their weights' dtype (bfloat16 after `model.to(torch.bfloat16)`),
+    and what follows them (anchors, box decoding, scores, RoI pooling, NMS) in full precision: forward
+    hooks cast the heads' inputs to the weights' dtype and their outputs back to float32."""
+    if isinstance(det, RetinaNet):
+        first = last = [det.head]
+    else:
+        roi = det.roi_heads
+        first, last = [det.rpn.head, roi.box_head, roi.mask_head], [det.rpn.head, roi.box_predictor,
+                                                                    roi.mask_predictor]
+    for m in first:
+        m.register_forward_pre_hook(_to_weights_dtype)
+    for m in last:
+        m.register_forward_hook(_to_full_precision)
+
+
 class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "denseclip", "clip"]):
     """A torchvision RetinaNet or MaskRCNN (`detector`) whose backbone is a `DenseCLIPBackbone`, and the
     config that built it (`cfg`). Build it with `build_detector`.
@@ -84,6 +118,7 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
             raise TypeError(f"the detector's backbone must be a DenseCLIPBackbone, got "
                             f"{type(detector.backbone).__name__}")
         self.detector, self.cfg = detector, cfg
+        heads_in_weights_dtype(detector)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -60,8 +60,11 @@ class CLIPResNetEncoder(nn.Module):
         self.pos_grid = grid
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> [C2, C3, C4, C5] at strides 4, 8, 16, 32."""
-        x = x.to(self.visual.conv1.weight.dtype)
+        """(B, 3, H, W) -> [C2, C3, C4, C5] at strides 4, 8, 16, 32, in the weights' dtype (channels-last
+        for bfloat16 / float16 weights: oneDNN's and cuDNN's fast low-precision convolutions)."""
+        dtype = self.visual.conv1.weight.dtype
+        low = dtype in (torch.bfloat16, torch.float16)
+        x = x.to(dtype, memory_format=torch.channels_last if low else torch.preserve_format)
         out = self.visual.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
         return out["image_intermediates"]
 
