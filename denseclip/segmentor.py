@@ -21,7 +21,7 @@ from .checkpoints import HubMixin, build, load_model
 from .config import DenseCLIPConfig, resolve
 from .decoders import FPN, FPNHead
 from .encoders import TimmEncoder, encoder_from_clip
-from .param_groups import param_groups
+from .param_groups import backbone_param_groups
 from .prompting import ContextPrompting, prompting_for
 from .vocab import clean_class_names
 
@@ -95,12 +95,7 @@ class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip",
             return loss.sum() / (labels != ignore).sum().clamp(min=1)
         return loss.mean()  # mmseg 0.x: ignored pixels count in the denominator (as the authors trained)
 
-    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: the encoder (and an unfrozen text encoder) at lr x0.1, no
-        weight decay on parameters whose names contain "norm" (outside those, as mmcv), the rest at lr."""
-        return param_groups(self, lr, weight_decay, {"encoder.": backbone_lr_mult,
-                                                     "prompting.text_encoder.": backbone_lr_mult}, norm_decay)
+    param_groups = backbone_param_groups
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"

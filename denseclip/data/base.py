@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .images import TURNED, load_image, read_header
+from .images import TURNED, load_image, open_image, read_header
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VALIDATE_MODES = ("full", "fast", "none")
@@ -97,26 +96,21 @@ def read_label(path: str | Path) -> np.ndarray:
     single-channel 8/16-bit PNGs give their values; RGB files are accepted only when R == G == B.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(img)
-            elif mode in ("RGB", "RGBA", "LA"):
-                arr = np.asarray(img)
-                chans = arr[..., :3] if mode != "LA" else arr[..., :1]
-                if not (chans == chans[..., :1]).all():
-                    raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices:"
-                                     " save it as a palette PNG or a single-channel (L) PNG of class ids")
-                arr = chans[..., 0]
-            else:
-                raise ValueError(f"mask {path} has unsupported image mode {mode!r}; use a palette or "
-                                 "single-channel PNG of class ids")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"mask file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"mask file is unreadable (corrupt, truncated or not an image): {path} ({e})") from e
+    img, _ = open_image(path, what="mask", exif=False)
+    with img:
+        try:
+            arr, mode = np.asarray(img), img.mode
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"mask file is corrupt or truncated: {path} ({e})") from e
+    if mode in ("RGB", "RGBA", "LA"):
+        chans = arr[..., :3] if mode != "LA" else arr[..., :1]
+        if not (chans == chans[..., :1]).all():
+            raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices: save "
+                             "it as a palette PNG or a single-channel (L) PNG of class ids")
+        arr = chans[..., 0]
+    elif mode not in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
+        raise ValueError(f"mask {path} has unsupported image mode {mode!r}; use a palette or single-channel "
+                         "PNG of class ids")
     return arr.astype(np.int64)
 
 
@@ -224,15 +218,11 @@ class SegDataset(torch.utils.data.Dataset):
         hi, wi, orientation = image.height, image.width, image.orientation
         if (hi, wi) != mask:
             return [size_mismatch(s.image, (hi, wi), s.label, mask, orientation)], False
-        if mode == "full":
+        for load in (lambda: load_image(s.image), lambda: self.load_label(i)) if mode == "full" else ():
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    load_image(s.image)
-            except (ValueError, OSError) as e:
-                problems.append(str(e))
-            try:
-                self.load_label(i)
+                    load()
             except (ValueError, OSError) as e:
                 problems.append(str(e))
         return problems, orientation in TURNED and hi == wi

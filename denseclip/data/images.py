@@ -67,12 +67,13 @@ class ImageHeader:
         return (self.width, self.height) if self.orientation in TURNED else (self.height, self.width)
 
 
-def _open(path: Path, formats: tuple[str, ...] | None, what: str,
-          exif: bool = True) -> tuple[Image.Image, ImageHeader]:
+def open_image(path: str | Path, formats: tuple[str, ...] | None = None, what: str = "image",
+               exif: bool = True) -> tuple[Image.Image, ImageHeader]:
     """Image.open, which reads the header only (Pillow decodes on load()), for an image of any size:
     `check_pixels` is the size check, not Pillow's (which refuses even to say the size above ~179 MP).
     exif=False leaves the EXIF orientation unread (reading it before load() would hide a PNG's late eXIf
-    chunk from the decoder's rotation)."""
+    chunk from the decoder's rotation). Errors as `read_header`'s."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     if path.stat().st_size == 0:
@@ -104,7 +105,7 @@ def read_header(path: str | Path, formats: tuple[str, ...] | None = None, what: 
 
     formats: the Pillow formats to accept (None: every one). Errors (FileNotFoundError, ImageFileError)
     name the file as `what` ("image", "mask")."""
-    img, header = _open(Path(path), formats, what)
+    img, header = open_image(path, formats, what)
     img.close()
     return header
 
@@ -158,7 +159,8 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1|3|4) or (1|3|4, H, W) of any dtype -> an L, RGB or RGBA PIL image."""
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] > 4:
         arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -167,13 +169,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"image array is empty (shape {arr.shape})")
-    arr = _array_to_uint8(arr)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.shape[-1] == 4:
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = (arr[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+    return Image.fromarray(np.ascontiguousarray(_array_to_uint8(arr)))
 
 
 def _pil_array(image: Image.Image, max_side: int | None, exif: bool = True) -> np.ndarray:
@@ -195,7 +191,7 @@ def _pil_array(image: Image.Image, max_side: int | None, exif: bool = True) -> n
 
 def _decode(path: Path, max_side: int | None, limits: ImageLimits, exif: bool) -> np.ndarray:
     """Check the header (`check_pixels`), then decode (JPEGs reduced by the decoder when max_side asks)."""
-    img, header = _open(path, None, "image", exif=False)
+    img, header = open_image(path, exif=False)
     with img:
         check_pixels(header, limits, reduced=bool(max_side))
         if max_side and header.format in REDUCED_ON_DECODE and max(img.size) > max_side:
@@ -226,9 +222,6 @@ def load_image(image, max_side: int | None = None, limits: ImageLimits = IMAGE_L
             t = t[0]
         image = t.float().numpy() if t.is_floating_point() else t.numpy()
     if isinstance(image, np.ndarray):
-        arr = _array_to_rgb(image)
-        if max_side and max(arr.shape[:2]) > max_side:
-            return _pil_array(Image.fromarray(arr), max_side)
-        return arr
+        return _pil_array(_array_to_pil(image), max_side, exif=False)
     raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, numpy array "
                     "or tensor")

@@ -30,7 +30,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from ..checkpoints import HubMixin, build, load_model
 from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, resolve
 from ..encoders import CLIPResNetEncoder
-from ..param_groups import param_groups
+from ..param_groups import backbone_param_groups
 from ..prompting import prompting_for
 from .backbone import DenseCLIPBackbone, full_precision
 from .mmdet import OCTAVE, RATIOS, use_mmdet_parts
@@ -166,13 +166,7 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
         losses["loss"] = sum(losses.values())
         return losses
 
-    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: the CLIP image tower (and an unfrozen text encoder) at
-        lr x0.1, no weight decay on parameters whose names contain "norm" outside those, the rest at lr."""
-        bb = "detector.backbone."
-        mults = {bb + "encoder.": backbone_lr_mult, bb + "prompting.text_encoder.": backbone_lr_mult}
-        return param_groups(self, lr, weight_decay, mults, norm_decay)
+    param_groups = backbone_param_groups
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, detector={self.cfg.detector}, classes={self.cfg.num_classes}, " \

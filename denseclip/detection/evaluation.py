@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchvision.ops import box_convert
+
+from ..checkpoints import atomic_path
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's
@@ -149,9 +150,7 @@ def evaluate_detector(model: torch.nn.Module, loader: Iterable, dataset, device:
     metrics["summary"] = "\n".join(summaries)
     if out_json is not None:
         out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_json.with_name(out_json.name + ".tmp")
-        tmp.write_text(json.dumps({**(extra or {}), **metrics}, indent=2), "utf-8")
-        os.replace(tmp, out_json)
+        with atomic_path(out_json) as tmp:
+            tmp.write_text(json.dumps({**(extra or {}), **metrics}, indent=2), "utf-8")
         out_json.with_name(out_json.stem + "_detections.json").write_text(json.dumps(results), "utf-8")
     return metrics

@@ -25,9 +25,9 @@ from .common import (
     class_names_for,
     count,
     read_official_checkpoint,
-    rename,
     resnet_tower,
     text_side,
+    translate_keys,
 )
 
 _SHARED = (
@@ -149,25 +149,15 @@ def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | N
 def translate_detector(state: dict[str, torch.Tensor], kind: str,
                        use_text: bool = True) -> dict[str, torch.Tensor]:
     """The authors' detection state dict under our key names and torchvision's class layout."""
-    out = {}
-    for key, tensor in state.items():
-        if not use_text and key.startswith(UNUSED_WITHOUT_TEXT):
-            continue
-        ours = rename(key, DETECTION_KEYS[kind])
-        if ours is None:
-            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP {kind} checkpoint")
-        fix = TENSOR_FIXES.get(ours)
-        out[ours] = fix(tensor) if fix is not None else tensor
-    return out
+    return translate_keys(state, DETECTION_KEYS[kind], () if use_text else UNUSED_WITHOUT_TEXT, kind,
+                          TENSOR_FIXES)
 
 
 def load_official_detector(path: str | Path, base: DetectionConfig | None = None,
                            class_names: tuple[str, ...] | None = None) -> tuple[DetectionConfig, dict]:
     """(config, state dict in our names) of an authors' detection checkpoint; `class_names` replace (or
     supply) meta["CLASSES"]."""
-    state, meta = read_official_checkpoint(path)
-    if class_names is not None:
-        meta = {**meta, "CLASSES": tuple(class_names)}
+    state, meta = read_official_checkpoint(path, class_names)
     try:
         cfg = config_from_official_detector(state, meta, base)
     except KeyError as e:

@@ -21,9 +21,9 @@ from .common import (
     class_names_for,
     count,
     read_official_checkpoint,
-    rename,
     resnet_tower,
     text_side,
+    translate_keys,
 )
 
 # The authors' segmentation key prefixes -> ours (first match wins).
@@ -91,24 +91,14 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
 
 def translate(state: dict[str, torch.Tensor], use_text: bool) -> dict[str, torch.Tensor]:
     """The authors' segmentation state dict under our key names (unused tensors dropped)."""
-    drop = UNUSED + (() if use_text else UNUSED_WITHOUT_TEXT)
-    out = {}
-    for key, tensor in state.items():
-        if key.startswith(drop):
-            continue
-        ours = rename(key, SEGMENTATION_KEYS)
-        if ours is None:
-            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP segmentation checkpoint")
-        out[ours] = tensor
-    return out
+    return translate_keys(state, SEGMENTATION_KEYS, UNUSED + (() if use_text else UNUSED_WITHOUT_TEXT),
+                          "segmentation")
 
 
 def load_official(path: str | Path, base: DenseCLIPConfig | None = None,
                   class_names: tuple[str, ...] | None = None) -> tuple[DenseCLIPConfig, dict]:
     """(config, state dict in our names) of an authors' segmentation checkpoint. `base` supplies what the
     tensors cannot tell (test pipeline, ViT taps); `class_names` replace (or supply) meta["CLASSES"]."""
-    state, meta = read_official_checkpoint(path)
-    if class_names is not None:  # before inferring the config: a checkpoint may carry no names
-        meta = {**meta, "CLASSES": tuple(class_names)}
+    state, meta = read_official_checkpoint(path, class_names)  # names first: a file may carry none
     cfg = config_from_official(state, meta, base)
     return cfg, translate(state, cfg.use_text)
