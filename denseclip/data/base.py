@@ -62,13 +62,9 @@ def pair_by_stem(images: Sequence[Path], label_dir: Path, label_suffix: str = ".
                  what: str = "dataset") -> list[SamplePaths]:
     """Match each image with `label_dir / (image stem + label_suffix)`; a missing label is an error
     (listed with every other one), so a half-copied dataset is caught before training."""
-    pairs, missing = [], []
-    for img in images:
-        label = Path(label_dir) / f"{img.stem}{label_suffix}"
-        if label.is_file():
-            pairs.append(SamplePaths(img, label))
-        else:
-            missing.append(f"image without its mask: {img} (expected {label})")
+    pairs = [SamplePaths(img, Path(label_dir) / f"{img.stem}{label_suffix}") for img in images]
+    missing = [f"image without its mask: {p.image} (expected {p.label})" for p in pairs
+               if not p.label.is_file()]
     if missing:
         raise DatasetError(missing, what)
     return pairs
@@ -160,11 +156,8 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[SamplePaths], class_names: Sequence[str], ignore_index: int = 255,
                  reduce_zero_label: bool = False, name: str = "dataset"):
-        self.samples = list(samples)
-        self.class_names = tuple(class_names)
-        self.ignore_index = ignore_index
-        self.reduce_zero_label = reduce_zero_label
-        self.name = name
+        self.samples, self.class_names, self.name = list(samples), tuple(class_names), name
+        self.ignore_index, self.reduce_zero_label = ignore_index, reduce_zero_label
         if not self.samples:
             raise DatasetError([f"no images found for {name}"], name)
 
@@ -208,11 +201,9 @@ class SegDataset(torch.utils.data.Dataset):
         orientation; full: also decoding and label values), and whether the image is square and turned by
         its EXIF orientation: then the sizes cannot tell whether the mask was drawn on the turned or the
         stored picture."""
-        s = self.samples[i]
-        problems = []
+        s, problems = self.samples[i], []
         try:
-            image = read_header(s.image)
-            mask = read_header(s.label, what="mask").stored_hw  # masks are read as stored
+            image, mask = read_header(s.image), read_header(s.label, what="mask").stored_hw  # mask: as stored
         except (OSError, ValueError) as e:
             return [str(e)], False
         hi, wi, orientation = image.height, image.width, image.orientation

@@ -86,11 +86,10 @@ def open_image(path: str | Path, formats: tuple[str, ...] | None = None, what: s
                 img = Image.open(path, formats=formats)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
-        orientation = 1
         try:  # Image.getexif, not PNG's override of it, which decodes the whole image to look for EXIF
             orientation = int(Image.Image.getexif(img).get(EXIF_ORIENTATION, 1) or 1) if exif else 1
         except Exception:  # noqa: BLE001 - a broken EXIF block is shown as stored, as load_image does
-            pass
+            orientation = 1
     except UnidentifiedImageError:
         raise ImageFileError(f"{what} file is unreadable (not an image, or not a format this reads): {path}",
                              "format") from None
@@ -102,9 +101,8 @@ def open_image(path: str | Path, formats: tuple[str, ...] | None = None, what: s
 
 def read_header(path: str | Path, formats: tuple[str, ...] | None = None, what: str = "image") -> ImageHeader:
     """Format and displayed size from a file's header, without decoding (milliseconds, no pixel memory).
-
-    formats: the Pillow formats to accept (None: every one). Errors (FileNotFoundError, ImageFileError)
-    name the file as `what` ("image", "mask")."""
+    formats: the Pillow formats accepted (None: all). Errors (FileNotFoundError, ImageFileError) call the
+    file `what` ("image", "mask")."""
     img, header = open_image(path, formats, what)
     img.close()
     return header
@@ -123,40 +121,33 @@ def check_pixels(header: ImageHeader, limits: ImageLimits = IMAGE_LIMITS, reduce
 
 
 def _pil_to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. 16-bit and 32-bit integer / float images are scaled down to 8 bits."""
+    """Any PIL mode -> RGB: 16-bit and 32-bit integer / float images scaled to 8 bits as arrays are,
+    transparent pixels composited over white (what a viewer shows)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        wide = img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255)
-        hi = 65535.0 if wide else 255.0
-        if img.mode == "F" and arr.max(initial=0) <= 1.0:
-            hi = 1.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        arr = np.asarray(img)
+        wide = img.mode != "F" and (img.mode != "I" or arr.max(initial=0) > 255)  # 16-bit values
+        return Image.fromarray(_array_to_uint8(arr.clip(0, 65535).astype(np.uint16) if wide else arr), "L") \
+            .convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # composite transparent pixels over white (what a viewer shows), instead of arbitrary hidden colours
         rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return img.convert("RGB")
 
 
 def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     """Any dtype -> uint8: bool -> 0/255, uint16 -> /257, floats in [0, 1] or [0, 255], integers in 0..255."""
     if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype == np.uint16:
-        arr = (arr.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # any byte order
+        return (arr.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise ValueError("image array contains NaN or Inf values")
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-        arr = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise ValueError(f"integer image of dtype {arr.dtype} has values outside 0..255; "
-                             "convert it to uint8")
-        arr = arr.astype(np.uint8)
-    return arr
+        return np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+        raise ValueError(f"integer image of dtype {arr.dtype} has values outside 0..255; convert it to uint8")
+    return arr.astype(np.uint8)
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -169,7 +160,7 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
         raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"image array is empty (shape {arr.shape})")
-    return Image.fromarray(np.ascontiguousarray(_array_to_uint8(arr)))
+    return Image.fromarray(np.ascontiguousarray(_array_to_uint8(arr)))  # L, RGB or RGBA
 
 
 def _pil_array(image: Image.Image, max_side: int | None, exif: bool = True) -> np.ndarray:

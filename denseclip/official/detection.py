@@ -23,7 +23,6 @@ from ..vocab import COCO_CLASSES
 from .common import (
     BASELINE_TEXT_CFG,
     class_names_for,
-    count,
     read_official_checkpoint,
     resnet_tower,
     text_side,
@@ -99,27 +98,13 @@ def detector_kind(state: dict[str, torch.Tensor]) -> str:
                      "(RetinaNet) or roi_head.mask_head.* (Mask R-CNN)")
 
 
-def _require(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(f"unsupported layout in this detection checkpoint: {what}")
-
-
 def _head_fields(state: dict[str, torch.Tensor], kind: str) -> tuple[int, dict]:
-    """(number of classes, DetectionConfig fields) of the detection heads, checked against what we build."""
+    """(number of classes, DetectionConfig fields) of the detection heads. A layout we do not build (other
+    anchors, head depths) shows as misshapen, missing or unexpected tensors when the state is loaded."""
     c = state["neck.fpn_convs.0.conv.weight"].shape[0]
     if kind == "retinanet":
-        anchors = state["bbox_head.retina_reg.weight"].shape[0] // 4
-        _require(anchors == 9, f"{anchors} anchors per position (we build 3 scales x 3 ratios)")
-        for branch in ("cls_convs", "reg_convs"):
-            n = count(state, rf"bbox_head\.{branch}\.(\d+)\.")
-            _require(n == 4, f"{n} {branch} (torchvision's RetinaNet head has 4)")
-        return state["bbox_head.retina_cls.weight"].shape[0] // anchors, {"fpn_channels": c}
-    _require(state["rpn_head.rpn_reg.weight"].shape[0] == 12, "RPN anchors other than 3 ratios x 1 scale")
-    fc = state["roi_head.bbox_head.shared_fcs.0.weight"]
-    _require(fc.shape[1] == c * 7 * 7, "box head input other than 7x7 RoI features")
-    n = count(state, r"roi_head\.mask_head\.convs\.(\d+)\.")
-    _require(n == 4, f"{n} mask head convs (we build 4)")
-    fields = {"fpn_channels": c, "box_head_dim": fc.shape[0],
+        return state["bbox_head.retina_cls.weight"].shape[0] // 9, {"fpn_channels": c}  # 3 scales x 3 ratios
+    fields = {"fpn_channels": c, "box_head_dim": state["roi_head.bbox_head.shared_fcs.0.weight"].shape[0],
               "mask_head_channels": state["roi_head.mask_head.convs.0.conv.weight"].shape[0]}
     return state["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1, fields
 
@@ -133,10 +118,6 @@ def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | N
     text = text_side(state)
     vision_cfg, pooled, name = resnet_tower(state, base.input_resolution if base is not None else 1344)
     text_cfg, embed_dim, prompt = text if text is not None else (BASELINE_TEXT_CFG, pooled or 1024, None)
-    levels = count(state, r"neck\.lateral_convs\.(\d+)\.")
-    _require(levels == (3 if kind == "retinanet" else 4), f"{levels} FPN inputs for a {kind}")
-    scores = state[f"neck.lateral_convs.{levels - 1}.conv.weight"].shape[1] - vision_cfg["width"] * 32
-    _require(scores == (k if prompt else 0), f"{scores} channels concatenated onto C5 for {k} classes")
     start = base if base is not None else DetectionConfig()
     return start.replace(
         name=f"official-{'denseclip' if prompt else 'clip'}-{kind}-{name.lower()}", detector=kind,
