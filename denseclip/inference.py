@@ -40,20 +40,16 @@ class SegmentationResult:
 def slide_windows(h: int, w: int, crop: int | tuple[int, int],
                   stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Window boxes (y1, y2, x1, x2) exactly as mmseg's slide_inference places them."""
-    h_crop, w_crop = (crop, crop) if isinstance(crop, int) else crop
-    h_stride, w_stride = (stride, stride) if isinstance(stride, int) else stride
-    if h_stride <= 0 or w_stride <= 0:
+    crop, stride = ((v, v) if isinstance(v, int) else tuple(v) for v in (crop, stride))
+    if min(stride) <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
-    h_grids = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
-    boxes = []
-    for hi in range(h_grids):
-        for wi in range(w_grids):
-            y1, x1 = hi * h_stride, wi * w_stride
-            y2, x2 = min(y1 + h_crop, h), min(x1 + w_crop, w)
-            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-            boxes.append((y1, y2, x1, x2))
-    return boxes
+
+    def spans(size: int, c: int, s: int) -> list[tuple[int, int]]:  # along one axis; the last flush
+        ends = [min(i * s + c, size) for i in range(max(size - c + s - 1, 0) // s + 1)]
+        return [(max(e - c, 0), e) for e in ends]
+
+    rows, cols = spans(h, crop[0], stride[0]), spans(w, crop[1], stride[1])
+    return [(y1, y2, x1, x2) for y1, y2 in rows for x1, x2 in cols]
 
 
 def slide(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop, stride,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..ops import attention
-from .base import EncoderOutput, grid_of, resize_pos_embed
+from .base import EncoderOutput, grid_of, resize_pos_embed, resize_positional_parameter
 
 
 class CLIPResNetEncoder(nn.Module):
@@ -48,15 +48,9 @@ class CLIPResNetEncoder(nn.Module):
             self.set_input_resolution(input_resolution)
 
     def set_input_resolution(self, resolution: int) -> None:
-        """Resize the attention pool's positional embedding once to the grid of `resolution / 32`.
-
-        Call after loading pretrained weights (the authors resize at load: 512 px -> 16x16).
-        """
+        """The attention pool's positional embedding resized once to the grid of `resolution / 32`."""
         grid = (resolution // 32, resolution // 32)
-        pool = self.visual.attnpool
-        with torch.no_grad():
-            pos = resize_pos_embed(pool.positional_embedding.data, self.pos_grid, grid)
-        pool.positional_embedding = nn.Parameter(pos, requires_grad=pool.positional_embedding.requires_grad)
+        resize_positional_parameter(self.visual.attnpool, self.pos_grid, grid)
         self.pos_grid = grid
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
