@@ -4,9 +4,9 @@
     save_checkpoint(model, "model.safetensors")  # one self-contained file
     model.save_pretrained("run/final"), model.push_to_hub("user/repo")   # + a model card (huggingface_hub)
 
-`checkpoint_file` finds the weights of a file, a folder or a Hub repo id; `load_model` builds the model
-its config describes (`denseclip.load_checkpoint` and `denseclip.load_detector` are it, per task) and
-`build` the model of a config (`denseclip.build_model`, `denseclip.build_detector`).
+`checkpoint_file` finds the weights of a file, a folder or a Hub repo id; `load_model` and `build` make
+the model a checkpoint or a config describes, for both tasks (`load_checkpoint` / `load_detector`,
+`build_model` / `build_detector`).
 """
 
 from __future__ import annotations
@@ -97,10 +97,9 @@ def checkpoint_file(path_or_repo: str | Path, revision: str | None = None) -> Pa
 
 def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: Sequence[str] | None,
                     kind: type[Config]) -> tuple[Path, Config, dict[str, torch.Tensor]]:
-    """(file, config, state dict in our names) of our `.safetensors` checkpoint (config from `base`, else
-    the stored one) or of the authors' `.pth` (suffix in OFFICIAL_SUFFIXES, translated by
-    `denseclip.official`). `kind` is the config class the caller builds; `class_names` replace the stored
-    names."""
+    """(file, config, state dict in our names) of our `.safetensors` checkpoint (config from `base`, else the
+    stored one) or of the authors' `.pth` (`denseclip.official`), for a `kind` config; `class_names` replace
+    the stored names."""
     path = checkpoint_file(path_or_repo)
     names = tuple(class_names) if class_names is not None else None
     detection = issubclass(kind, DetectionConfig)
@@ -127,10 +126,8 @@ def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: 
 
 def build(cfg: ModelConfig, assemble: Callable[[ModelConfig, nn.Module | None], nn.Module],
           pretrained: bool | str | None = True) -> nn.Module:
-    """`assemble(cfg, clip_model)` around the CLIP model the config names, in train mode on the CPU.
-
-    pretrained=True loads the config's CLIP weights (`clip_pretrained`, e.g. OpenAI's); False/None builds
-    random weights (tests, offline); a string is an open_clip tag or a local CLIP weights file."""
+    """`assemble(cfg, clip_model)` around the config's CLIP, in train mode on the CPU. pretrained=True loads
+    its `clip_pretrained` weights, False/None random ones; a string is an open_clip tag or a weights file."""
     tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     return assemble(cfg, clip_for(cfg, tag)).train()
 

@@ -1,11 +1,9 @@
-"""Image input, one path for every caller: the limits, a header reader, the decompression-bomb guard, the
-loader.
+"""Image input for every caller: the limits, the header reader, the decompression-bomb guard, the loader.
 
-A decoder needs memory for every pixel, so the size must be known before decoding: a 1.2 MB PNG can hold
-20000x20000 pixels (1.2 GB decoded). `read_header` reads format and size without touching the pixel data,
-`check_pixels` refuses what `IMAGE_LIMITS` does not allow, and `load_image` does both before it decodes a
-file; it turns whatever a person has (a path, a PIL image of any mode, a numpy array, a tensor) into an
-RGB uint8 array, or raises an error that says what was wrong with it.
+A decoder needs memory for every pixel, so the size must be known first: a 1.2 MB PNG can hold 20000x20000
+pixels (1.2 GB decoded). `read_header` reads format and size without the pixel data, `check_pixels` refuses
+what `IMAGE_LIMITS` does not allow, and `load_image` does both before it decodes a file; it turns a path, a
+PIL image of any mode, a numpy array or a tensor into RGB uint8, or says what was wrong with it.
 
     header = read_header("photo.png")        # ImageHeader("PNG", width, height) as displayed
     rgb = load_image("photo.png")             # (H, W, 3) uint8, EXIF rotation applied

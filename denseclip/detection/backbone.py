@@ -8,9 +8,8 @@ Follow a tensor (the authors' DenseCLIP_RetinaNet / DenseCLIP_MaskRCNN `extract_
     RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (add_extra_convs='on_input';
                 mmdetection's P7 = conv(P6), see detection/mmdet.py)
     Mask R-CNN: FPN(C2, C3, C4, C5') -> P2..P5, P6 = maxpool(P5)
-`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want, in full
-precision whatever the weights (torchvision makes anchors in the features' dtype; RoI pooling and NMS have
-no bfloat16 CPU kernels): with bfloat16 weights the backbone computes in bfloat16 and hands over float32.
+`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want, in
+float32 even from bfloat16 weights (torchvision makes anchors in their dtype; see heads_in_weights_dtype).
 """
 
 from __future__ import annotations

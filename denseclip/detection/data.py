@@ -59,8 +59,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.ann_file = Path(ann_file)
         self.coco = _quiet_coco(ann_file)
-        self.train = train
-        self.with_masks = with_masks
+        self.train, self.with_masks = train, with_masks
         self.hflip_prob = (0.5 if train else 0.0) if hflip_prob is None else hflip_prob
         self.cat_ids = tuple(sorted(self.coco.getCatIds()))
         if not self.cat_ids:

@@ -227,18 +227,15 @@ def _maskrcnn(backbone: DenseCLIPBackbone, cfg: DetectionConfig) -> MaskRCNN:
 
 def check_images(images) -> list[torch.Tensor]:
     """A list of (3, H, W) float images in [0, 1] (a (B, 3, H, W) tensor is split into one)."""
-    if torch.is_tensor(images) and images.ndim == 4:
-        images = list(images)
+    images = list(images) if torch.is_tensor(images) and images.ndim == 4 else images
     if torch.is_tensor(images) or not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images must be a non-empty list of (3, H, W) float tensors in [0, 1] "
                          "(use denseclip.detection.detect() for PIL images, files or numpy arrays)")
     for i, im in enumerate(images):
-        if not torch.is_tensor(im) or im.ndim != 3 or im.shape[0] != 3:
-            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-            raise ValueError(f"image #{i} must be a (3, H, W) tensor, got {shape}")
-        if not im.is_floating_point():
-            raise ValueError(f"image #{i} has dtype {im.dtype}; give float values in [0, 1] "
-                             "(divide uint8 by 255)")
+        if not torch.is_tensor(im) or im.shape[:1] != (3,) or im.ndim != 3 or not im.is_floating_point():
+            got = f"{tuple(im.shape)} {im.dtype}" if torch.is_tensor(im) else type(im).__name__
+            raise ValueError(f"image #{i} must be a (3, H, W) tensor of float values in [0, 1] (uint8 / 255),"
+                             f" got {got}")
     return list(images)
 
 

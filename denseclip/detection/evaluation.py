@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torchvision.ops import box_convert
+from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_path
 
@@ -96,12 +97,8 @@ def predict_dataset(model: torch.nn.Module, loader: Iterable, cat_ids: Sequence[
     was_training = model.training
     model.eval()
     results, seen = [], []
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc="eval", dynamic_ncols=True)
     try:
-        for images, targets in loader:
+        for images, targets in tqdm(loader, desc="eval", dynamic_ncols=True, disable=not progress):
             ids = [int(t["image_id"]) for t in targets]
             dets = model([im.to(device, non_blocking=True) for im in images])
             results += detections_to_coco(dets, ids, cat_ids, with_masks)

@@ -3,9 +3,8 @@
     cfg, state = load_official("denseclip_fpn_res50.pth")                           # segmentation (mmseg 0.x)
     cfg, state = load_official_detector("retinanet_denseclip_r50_fpn_1x_coco.pth")  # detection (mmdet 2.x)
 
-`denseclip.load_checkpoint` and `denseclip.load_detector` call these for `.pth` files: the files are read
-with weights_only=True, the architecture is read off the tensors, and each task's key names are
-translated by one table (`SEGMENTATION_KEYS`, `DETECTION_KEYS`).
+`denseclip.load_checkpoint` / `load_detector` call these for `.pth` files (read with weights_only=True, the
+architecture read off the tensors, key names translated by one table per task).
 """
 
 from .common import read_official_checkpoint, rename
