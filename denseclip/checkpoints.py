@@ -28,8 +28,6 @@ from .official import authors_name, load_official, load_official_detector
 
 CHECKPOINT_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-REPO_URL = "https://github.com/raoyongming/DenseCLIP"
-PAPER_URL = "https://arxiv.org/abs/2112.01518"
 
 OFFICIAL_SUFFIXES = (".pth", ".pt")  # the authors' mmcv checkpoints
 
@@ -164,8 +162,8 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=False)
 
 
-class HubMixin(ModelHubMixin, library_name="denseclip", license="apache-2.0", repo_url=REPO_URL,
-               paper_url=PAPER_URL):
+class HubMixin(ModelHubMixin, library_name="denseclip", license="apache-2.0",
+               repo_url="https://github.com/raoyongming/DenseCLIP", paper_url="https://arxiv.org/abs/2112.01518"):
     """huggingface_hub's save_pretrained / from_pretrained / push_to_hub in our checkpoint format, with a
     model card. A subclass says how to load a checkpoint file (`load_file`) and what its card says."""
 
