@@ -24,12 +24,11 @@ VOC_LAYOUT = """  VOCdevkit/VOC2012/
 def list_file_samples(root: Path, list_file: str, masks: str, title: str, layout: str) -> list[SamplePaths]:
     """The split-list layout of VOC and PASCAL Context: one image id per line of `root/list_file`, the
     image `JPEGImages/<id>.jpg`, the mask `<masks>/<id>.png`. Every missing file is listed in one error."""
-    require_dir(root, f"{title} root", layout)
-    ids_file = Path(root) / list_file
+    root = require_dir(root, f"{title} root", layout)
+    ids_file = root / list_file
     if not ids_file.is_file():
         raise FileNotFoundError(f"{title} split list not found: {ids_file}\nexpected layout:\n{layout}")
     ids = [line.strip() for line in ids_file.read_text("utf-8").splitlines() if line.strip()]
-    root = Path(root)
     samples = [SamplePaths(root / "JPEGImages" / f"{i}.jpg", root / masks / f"{i}.png") for i in ids]
     missing = [f"missing {p}" for s in samples for p in (s.image, s.label) if not p.is_file()]
     if missing:
