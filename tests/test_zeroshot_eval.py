@@ -13,17 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from denseclip.data import (
+from denseclip.data import DatasetError
+from denseclip.zeroshot import BACKGROUND
+from train import eval_zeroshot as ez
+from train.zeroshot_data import (
+    BACKGROUND_WORDS,
+    DATASETS,
+    PEERS,
     CityscapesDataset,
     COCOObjectDataset,
-    DatasetError,
     PascalContextDataset,
     PascalVOCDataset,
     peer_class_names,
 )
-from denseclip.data.peer_names import BACKGROUND_WORDS, DATASETS, PEERS
-from denseclip.zeroshot import BACKGROUND
-from train import eval_zeroshot as ez
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +45,7 @@ def _label(rng, h, w, hi, ignore=True):
 
 
 def write_layouts(root: Path, n: int = 2, seed: int = 0) -> Path:
-    """n images per dataset, each in its released / mmseg layout (see denseclip.data's readers)."""
+    """n images per dataset, each in its released / mmseg layout (see train/zeroshot_data.py's readers)."""
     rng = np.random.default_rng(seed)
 
     def image(h, w):
