@@ -183,7 +183,8 @@ def trained_toy_det(steps: int, fast, device, work: Path) -> dict:
     import torch
 
     import denseclip
-    from denseclip.detection import CocoDetection, collate_detection, write_synthetic_coco
+    from denseclip.detection import CocoDetection, collate_detection
+    from train.det_synthetic import write_synthetic_coco
 
     torch.manual_seed(0)
     ds = CocoDetection(*write_synthetic_coco(work / "coco", "train", 32), train=True, hflip_prob=0.0)

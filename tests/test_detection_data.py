@@ -22,8 +22,8 @@ from denseclip.detection import (
     detections_to_coco,
     evaluate_detector,
     hflip,
-    write_synthetic_coco,
 )
+from train.det_synthetic import write_synthetic_coco
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
