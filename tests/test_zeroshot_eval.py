@@ -192,7 +192,7 @@ def test_eval_zeroshot_end_to_end_on_every_layout(data, tmp_path):
         for res in results[m].values():
             assert 0 <= res["mIoU"] <= 1 and res["num_images"] == 2 and res["protocol"]["short_side"] == 48
     assert results["sclip"]["voc21"]["protocol"]["area_threshold"] == 0.1
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["results"]["sclip"]["ade20k"]["mIoU"] == pytest.approx(results["sclip"]["ade20k"]["mIoU"])
     table = (tmp_path / "results.md").read_text()
     assert "| Method | VOC21 | PC60 | Object | VOC20 | City | PC59 | ADE | Stuff | Avg |" in table

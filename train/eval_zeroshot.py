@@ -26,7 +26,6 @@ Writes <out>/results.json (every metric, the protocol, timing) and <out>/results
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +46,7 @@ from denseclip.zeroshot import (
     upsample,
 )
 
+from .engine.logger import write_json
 from .zeroshot_data import (
     CityscapesDataset,
     COCOObjectDataset,
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
     if args.tiny:
         note = "random tiny CLIP (--tiny): numbers are meaningless"
     (out / "results.md").write_text(f"mIoU (%), {note}, max_images={args.max_images}\n\n{md}\n", "utf-8")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1), "utf-8")
+    write_json(out / "results.json", {"args": vars(args), "results": results})  # NaN (class unseen): null
     print(md)
     return results
 

@@ -5,7 +5,7 @@
 
 A metric COCO cannot compute is NaN, not 0: COCOeval's -1 means "no ground-truth objects of this size"
 (APs / APm / APl when the evaluated images hold no small, medium or large objects), which is an absent
-number, not a zero score. The JSON file writes it as NaN (Python's json reads it back).
+number, not a zero score; the JSON file writes it as null, as every JSON file of a run does.
 
 Under torchrun every rank runs its share of the loader (a DistributedSampler); the results are gathered,
 de-duplicated by image id (the sampler pads with repeats) and scored on rank 0, which returns the metrics and
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torchvision.ops import box_convert
 from tqdm.auto import tqdm
 
-from ..checkpoints import atomic_path
+from .engine.logger import write_json
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's
@@ -147,7 +147,6 @@ def evaluate_detector(model: torch.nn.Module, loader: Iterable, dataset, device:
     metrics["summary"] = "\n".join(summaries)
     if out_json is not None:
         out_json = Path(out_json)
-        with atomic_path(out_json) as tmp:
-            tmp.write_text(json.dumps({**(extra or {}), **metrics}, indent=2), "utf-8")
+        write_json(out_json, {**(extra or {}), **metrics})
         out_json.with_name(out_json.stem + "_detections.json").write_text(json.dumps(results), "utf-8")
     return metrics
