@@ -151,7 +151,7 @@ def trained_toy(steps: int, fast, device):
     from denseclip.data import SyntheticSegDataset, normalize_image, to_image_tensor
 
     torch.manual_seed(0)
-    model = denseclip.build_model(toy.toy_config(progress=False)).to(device)
+    model = denseclip.build_model(toy.toy_config()).to(device)
     train = SyntheticSegDataset(256, seed=0, size=(128, 128))
     opt = torch.optim.AdamW(model.param_groups(1e-3, 1e-4), lr=1e-3)
     for step in range(steps):
