@@ -138,7 +138,7 @@ def bench_trained(fast: torch.dtype, scenes: int) -> None:
     from denseclip.metrics import SegMetric
     from denseclip.zeroshot import ZeroShotSegmenter
 
-    clip = toy.toy_clip(progress=False)
+    clip = toy.toy_clip()
     paths = {"fp32": ZeroShotSegmenter(clip, toy.TOY_CLIP_NAME, method="maskclip", templates="single",
                                        size=192)}
     paths["fast"] = ZeroShotSegmenter(copy.deepcopy(clip), toy.TOY_CLIP_NAME, method="maskclip",

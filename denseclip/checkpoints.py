@@ -4,8 +4,9 @@
     save_checkpoint(model, "model.safetensors")  # one self-contained file
     model.save_pretrained("run/final"), model.push_to_hub("user/repo")   # + a model card (huggingface_hub)
 
-`checkpoint_file` finds the weights of a file, a folder or a Hub repo id; the task loaders
-(`denseclip.load_checkpoint`, `denseclip.load_detector`) build the model its config describes.
+`checkpoint_file` finds the weights of a file, a folder or a Hub repo id; `load_model` and `build` make
+the model a checkpoint or a config describes, for both tasks (`load_checkpoint` / `load_detector`,
+`build_model` / `build_detector`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from torch import nn
 
-from .config import Config, DetectionConfig, config_from_dict
+from .clip import clip_for
+from .config import C, Config, DetectionConfig, ModelConfig, config_from_dict, resolve
 from .hub import hub_file
+from .official import authors_name, load_official, load_official_detector
 
 CHECKPOINT_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-REPO_URL = "https://github.com/raoyongming/DenseCLIP"
-PAPER_URL = "https://arxiv.org/abs/2112.01518"
 
 OFFICIAL_SUFFIXES = (".pth", ".pt")  # the authors' mmcv checkpoints
 
@@ -93,25 +94,25 @@ def checkpoint_file(path_or_repo: str | Path, revision: str | None = None) -> Pa
 
 
 def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: Sequence[str] | None,
-                    kind: type[Config], official: Callable,
-                    hint: str) -> tuple[Path, Config, dict[str, torch.Tensor]]:
-    """(file, config, state dict in our names) of our `.safetensors` checkpoint (config from `base`, else
-    the stored one) or of the authors' `.pth` (suffix in OFFICIAL_SUFFIXES), read by `official(path, base,
-    names)`. `kind` is the config class the caller builds; `hint` says what to pass when a file carries no
-    config. `class_names` replace the stored names."""
+                    kind: type[Config]) -> tuple[Path, Config, dict[str, torch.Tensor]]:
+    """(file, config, state dict in our names) of our `.safetensors` checkpoint (config from `base`, else the
+    stored one) or of the authors' `.pth` (`denseclip.official`), for a `kind` config; `class_names` replace
+    the stored names."""
     path = checkpoint_file(path_or_repo)
     names = tuple(class_names) if class_names is not None else None
+    detection = issubclass(kind, DetectionConfig)
     if path.suffix in OFFICIAL_SUFFIXES:
-        cfg, state = official(path, base, names)
+        cfg, state = (load_official_detector if detection else load_official)(path, base, names)
     else:
         from safetensors.torch import load_file
 
         stored = read_stored_config(path)
         if base is None and stored is None:
-            raise ValueError(f"{path} carries no config; pass {hint}")
+            example = "denseclip-retinanet-rn50-coco" if detection else "denseclip-rn50-ade20k"
+            raise ValueError(f"{path} carries no config; pass config={example!r} (or a {kind.__name__})")
         cfg = base or config_from_dict(stored)
         if not isinstance(cfg, kind):
-            what, loader = ("segmentation", "load_checkpoint") if issubclass(kind, DetectionConfig) else \
+            what, loader = ("segmentation", "load_checkpoint") if detection else \
                 ("detection", "load_detector")
             raise ValueError(f"{path} holds a {what} checkpoint ({type(cfg).__name__}): load it with "
                              f"denseclip.{loader}")
@@ -119,6 +120,26 @@ def read_checkpoint(path_or_repo: str | Path, base: Config | None, class_names: 
     if names is not None:
         cfg = cfg.replace(class_names=names)
     return path, cfg, state
+
+
+def build(cfg: ModelConfig, assemble: Callable[[ModelConfig, nn.Module | None], nn.Module],
+          pretrained: bool | str | None = True) -> nn.Module:
+    """`assemble(cfg, clip_model)` around the config's CLIP, in train mode on the CPU. pretrained=True loads
+    its `clip_pretrained` weights, False/None random ones; a string is an open_clip tag or a weights file."""
+    tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
+    return assemble(cfg, clip_for(cfg, tag)).train()
+
+
+def load_model(path_or_repo: str | Path, kind: type[C], assemble: Callable[[C, nn.Module | None], nn.Module],
+               config: str | C | None = None, class_names: Sequence[str] | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a checkpoint (see `read_checkpoint`; `config`: a preset name or a `kind` config that
+    replaces the stored one), every tensor checked, in eval mode on `device`."""
+    base = resolve(config, kind) if config is not None else None
+    path, cfg, state = read_checkpoint(path_or_repo, base, class_names, kind)
+    model = assemble(cfg, clip_for(cfg))
+    load_state_checked(model, state, str(path), authors_name if path.suffix in OFFICIAL_SUFFIXES else str)
+    return model.to(device).eval()
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -141,8 +162,8 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
     model.load_state_dict(state, strict=False)
 
 
-class HubMixin(ModelHubMixin, library_name="denseclip", license="apache-2.0", repo_url=REPO_URL,
-               paper_url=PAPER_URL):
+class HubMixin(ModelHubMixin, library_name="denseclip", license="apache-2.0",
+               repo_url="https://github.com/raoyongming/DenseCLIP", paper_url="https://arxiv.org/abs/2112.01518"):
     """huggingface_hub's save_pretrained / from_pretrained / push_to_hub in our checkpoint format, with a
     model card. A subclass says how to load a checkpoint file (`load_file`) and what its card says."""
 

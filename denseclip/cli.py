@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     size = f"{labels.shape[1]}x{labels.shape[0]}"
     print(f"{len(names)} classes, image {size}, {seconds:.2f} s", file=sys.stderr)
     if args.figure:
-        from .data.transforms import load_image
+        from .data.images import load_image
         from .viz import save_figure, scoremap_figure
 
         img = load_image(args.image, args.max_side)

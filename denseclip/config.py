@@ -32,9 +32,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 C = TypeVar("C", bound="Config")
 
 
-# ---------------------------------------------------------------------------------------------
-# The one serialisation path
-# ---------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- the one serialisation path
 
 def to_plain(value: Any) -> Any:
     """Dataclasses -> dicts, tuples -> lists, recursively: what JSON and YAML store."""
@@ -132,9 +130,7 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-# ---------------------------------------------------------------------------------------------
-# Model configs
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------- model configs
 
 @dataclass
 class TestConfig(Config):
@@ -287,9 +283,7 @@ def config_from_dict(data: Mapping) -> ModelConfig:
     return (DetectionConfig if "detector" in data else DenseCLIPConfig).from_dict(data)
 
 
-# ---------------------------------------------------------------------------------------------
-# Presets: the paper's settings, their CLIP baselines, and tiny random models for tests.
-# ---------------------------------------------------------------------------------------------
+# -------------------------------------- presets: the paper's settings, their CLIP baselines, tiny test models
 
 # Tiny open_clip architectures (random weights, built in ~0.1 s, no network).
 TINY_RN_ARCH = {

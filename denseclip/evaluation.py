@@ -11,6 +11,7 @@ import time
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from .config import TestConfig
 from .inference import predict
@@ -40,19 +41,11 @@ def evaluate(model, dataset, test: TestConfig | None = None, *, shard: tuple[int
     indices = list(range(rank, n, world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=None, num_workers=workers, collate_fn=_identity)
     metric = SegMetric(model.cfg.num_classes, dataset.ignore_index, class_names=model.cfg.class_names)
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
-    for sample in loader:
+    for sample in tqdm(loader, desc="eval", disable=not progress or rank != 0, dynamic_ncols=True,
+                       mininterval=1.0, file=sys.stderr):
         r = predict(model, sample["image"], test, amp_dtype=amp_dtype, return_probs=False)
         metric.update(r.labels, torch.as_tensor(sample["label"]))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     metric.all_reduce()
     results = metric.compute()
     results.update(num_images=n, seconds=time.perf_counter() - t0, test=test.to_dict())

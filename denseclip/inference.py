@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import TestConfig
-from .data.transforms import load_image, normalize_image, resize_keep_ratio, to_image_tensor
+from .data.images import load_image
+from .data.transforms import normalize_image, resize_keep_ratio, to_image_tensor
 from .metrics import class_coverage
 
 
@@ -39,20 +40,16 @@ class SegmentationResult:
 def slide_windows(h: int, w: int, crop: int | tuple[int, int],
                   stride: int | tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Window boxes (y1, y2, x1, x2) exactly as mmseg's slide_inference places them."""
-    h_crop, w_crop = (crop, crop) if isinstance(crop, int) else crop
-    h_stride, w_stride = (stride, stride) if isinstance(stride, int) else stride
-    if h_stride <= 0 or w_stride <= 0:
+    crop, stride = ((v, v) if isinstance(v, int) else tuple(v) for v in (crop, stride))
+    if min(stride) <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
-    h_grids = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
-    boxes = []
-    for hi in range(h_grids):
-        for wi in range(w_grids):
-            y1, x1 = hi * h_stride, wi * w_stride
-            y2, x2 = min(y1 + h_crop, h), min(x1 + w_crop, w)
-            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-            boxes.append((y1, y2, x1, x2))
-    return boxes
+
+    def spans(size: int, c: int, s: int) -> list[tuple[int, int]]:  # along one axis; the last flush
+        ends = [min(i * s + c, size) for i in range(max(size - c + s - 1, 0) // s + 1)]
+        return [(max(e - c, 0), e) for e in ends]
+
+    rows, cols = spans(h, crop[0], stride[0]), spans(w, crop[1], stride[1])
+    return [(y1, y2, x1, x2) for y1, y2 in rows for x1, x2 in cols]
 
 
 def slide(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crop, stride,
@@ -87,23 +84,26 @@ def predict(model, image, test: TestConfig | None = None, *, amp_dtype: torch.dt
     image: a path, PIL image, numpy array (H, W[, C]) or tensor (C, H, W); any mode (grayscale, RGBA,
     16-bit) is converted to RGB. test: the pipeline (default: the model's own, `model.cfg.test`: short
     side 512, slide 512/341 for the ADE20K presets); probabilities are averaged over its scales and flips
-    (mmseg's aug_test). amp_dtype: e.g. torch.bfloat16 to run under autocast.
+    (mmseg's aug_test). The model runs in its weights' dtype (`model.to(torch.bfloat16)`: the fast path on
+    CPUs with AVX512-BF16 and on GPUs, see denseclip.clip.fast_dtype); logits, probabilities and labels are
+    computed in float32. amp_dtype: e.g. torch.bfloat16 to run fp32 weights under autocast (training).
     """
     t0 = time.perf_counter()
     test = test or model.cfg.test
     rgb = load_image(image)
     h0, w0 = rgb.shape[:2]
-    device = next(model.parameters()).device
-    x0 = to_image_tensor(rgb).to(device)
+    weights = next(model.parameters())
+    x0 = to_image_tensor(rgb).to(weights.device)
     was_training = model.training
     model.eval()
     probs = None
     try:
         for s in test.scales:
             x = normalize_image(resize_keep_ratio(x0, int(test.short_side * s), int(test.max_long_side * s)))
+            x = x.to(weights.dtype)  # the model's precision (bfloat16 weights: the fast path); logits in fp32
             for flipped in ((False, True) if test.flip else (False,)):
                 xi = x.flip(-1) if flipped else x
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(weights.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = _logits(model, xi) if test.mode == "whole" else \
                         slide(lambda crops: _logits(model, crops), xi, test.crop, test.stride, test.batch)
                 logits = F.interpolate(logits.float(), size=(h0, w0), mode="bilinear", align_corners=False)

@@ -13,8 +13,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .config import PromptConfig
-from .ops import attention
+from .config import ModelConfig, PromptConfig
+from .ops import attention, score_maps
 from .vocab import clean_class_names
 
 
@@ -82,8 +82,7 @@ class ContextTextEncoder(nn.Module):
         if not isinstance(proj, nn.Parameter):  # a Linear in some open_clip models
             proj = nn.Parameter(proj.weight.detach().t().clone())
         self.text_projection = proj
-        self.num_contexts = num_contexts
-        self.class_token_budget = class_token_budget
+        self.num_contexts, self.class_token_budget = num_contexts, class_token_budget
         self.width = self.token_embedding.embedding_dim
         self.embed_dim = self.text_projection.shape[1]
         self.batch_first = getattr(self.transformer, "batch_first", True)
@@ -122,9 +121,7 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim, bias=False) for _ in range(3))
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.record_attention = False  # keep the weights (B, heads, N, M) in `last_attention` (figures)
@@ -145,9 +142,7 @@ class TransformerDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(d_model, nhead, proj_drop=dropout)
         self.cross_attn = Attention(d_model, nhead, proj_drop=dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_model * 4), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(d_model * 4, d_model))
@@ -304,3 +299,31 @@ class ContextPrompting(nn.Module):
         if self.context_decoder is not None:
             text = text + self.gamma.to(text.dtype) * self.context_decoder(text, visual_context)
         return text
+
+    def onto_stage(self, enc, stage: int, tau: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor,
+                                                                              torch.Tensor]:
+        """Score maps S = norm(z) . norm(t')^T (/ tau if given) of an EncoderOutput, concatenated onto its
+        stage `stage`: (features, that stage now (B, C + K, h, w); S (B, K, h, w); t' (B, K, D))."""
+        text = self(enc.global_embedding, enc.dense)
+        s = score_maps(enc.dense, text)
+        s = s / tau if tau is not None else s
+        feats = list(enc.features)
+        if s.shape[2:] != feats[stage].shape[2:]:
+            raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {stage} features "
+                             f"{tuple(feats[stage].shape[2:])} differ in size; pick the stage at the "
+                             "embedding stride (score_concat_index)")
+        feats[stage] = torch.cat([feats[stage], s.to(feats[stage].dtype)], dim=1)
+        return feats, s, text
+
+
+def prompting_for(clip_model: nn.Module, cfg: ModelConfig, embed_dim: int | None) -> ContextPrompting | None:
+    """The text side a config asks for (None for the CLIP baseline), checked against the image encoder's
+    embedding dim."""
+    if cfg.prompt is None:
+        clean_class_names(cfg.class_names)
+        return None
+    prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt)
+    if prompting.embed_dim != embed_dim:
+        raise ValueError(f"visual embedding dim {embed_dim} != text embedding dim {prompting.embed_dim}: "
+                         f"CLIP {cfg.clip_model!r}'s towers do not fit together")
+    return prompting

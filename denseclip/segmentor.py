@@ -17,14 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import OFFICIAL_SUFFIXES, HubMixin, load_state_checked, read_checkpoint
-from .clip import clip_for
+from .checkpoints import HubMixin, build, load_model
 from .config import DenseCLIPConfig, resolve
 from .decoders import FPN, FPNHead
 from .encoders import TimmEncoder, encoder_from_clip
-from .ops import score_maps
-from .optim import param_groups
-from .prompting import ContextPrompting
+from .param_groups import backbone_param_groups
+from .prompting import ContextPrompting, prompting_for
 from .vocab import clean_class_names
 
 
@@ -59,18 +57,10 @@ class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip",
         """images (B, 3, H, W) -> {"logits": (B, K, H/4, W/4), and for DenseCLIP "score_map" (B, K, h, w)
         and "text_embeddings" t' (B, K, D)}."""
         enc = self.encoder(images)
-        feats = list(enc.features)
-        out: dict[str, torch.Tensor] = {}
+        feats, out = enc.features, {}
         if self.prompting is not None:
-            text = self.prompting(enc.global_embedding, enc.dense)
-            s = score_maps(enc.dense, text)
-            i = self.cfg.score_concat_index
-            if s.shape[2:] != feats[i].shape[2:]:
-                raise ValueError(f"score maps {tuple(s.shape[2:])} and stage {i} features "
-                                 f"{tuple(feats[i].shape[2:])} differ in size; pick the stage at the "
-                                 "embedding stride (score_concat_index)")
-            feats[i] = torch.cat([feats[i], s.to(feats[i].dtype)], dim=1)
-            out["score_map"], out["text_embeddings"] = s, text
+            feats, out["score_map"], out["text_embeddings"] = self.prompting.onto_stage(
+                enc, self.cfg.score_concat_index)
         out["logits"] = self.head(self.neck(feats))
         return out
 
@@ -105,12 +95,7 @@ class DenseCLIP(nn.Module, HubMixin, tags=["semantic-segmentation", "denseclip",
             return loss.sum() / (labels != ignore).sum().clamp(min=1)
         return loss.mean()  # mmseg 0.x: ignored pixels count in the denominator (as the authors trained)
 
-    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: the encoder (and an unfrozen text encoder) at lr x0.1, no
-        weight decay on parameters whose names contain "norm" (outside those, as mmcv), the rest at lr."""
-        return param_groups(self, lr, weight_decay, {"encoder.": backbone_lr_mult,
-                                                     "prompting.text_encoder.": backbone_lr_mult}, norm_decay)
+    param_groups = backbone_param_groups
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, classes={self.cfg.num_classes}, use_text={self.cfg.use_text}"
@@ -146,41 +131,32 @@ def build_model(preset_or_config: str | DenseCLIPConfig = "denseclip-rn50-ade20k
     open_clip tag or a local CLIP weights file. `class_names` and `changes` replace config fields.
     """
     cfg = resolve(preset_or_config, DenseCLIPConfig, class_names=class_names, **changes)
-    tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
     if not pretrained and cfg.backbone != "clip":
         cfg = cfg.replace(backbone_pretrained=False)
-    return assemble(cfg, clip_for(cfg, tag)).train()
+    return build(cfg, assemble, pretrained)
 
 
 def assemble(cfg: DenseCLIPConfig, clip_model: nn.Module | None) -> DenseCLIP:
     """The parts a config describes, around a given open_clip model (its towers are adopted, not copied)."""
-    text = cfg.prompt is not None
     if cfg.backbone == "clip":
-        encoder = encoder_from_clip(clip_model.visual, cfg.input_resolution, embeddings=text,
+        encoder = encoder_from_clip(clip_model.visual, cfg.input_resolution, embeddings=cfg.use_text,
                                     out_indices=cfg.vit_out_indices, official_cls=cfg.vit_official_cls,
                                     drop_path_rate=cfg.drop_path_rate)  # the ViT options skip ResNets
     else:
-        text_dim = clip_model.text_projection.shape[-1] if text else None
+        text_dim = clip_model.text_projection.shape[-1] if cfg.use_text else None
         encoder = TimmEncoder(cfg.backbone, text_dim, pretrained=cfg.backbone_pretrained)
+    prompting = prompting_for(clip_model, cfg, encoder.embed_dim)
     channels = list(encoder.feature_channels)
-    prompting = None
-    if text:
-        prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt)
-        if prompting.embed_dim != encoder.embed_dim:
-            raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim "
-                             f"{prompting.embed_dim}")
+    if prompting is not None:
         if not 0 <= cfg.score_concat_index < len(channels):
             raise ValueError(f"score_concat_index {cfg.score_concat_index} must be in [0, {len(channels)})")
         channels[cfg.score_concat_index] += cfg.num_classes
-    else:
-        clean_class_names(cfg.class_names)
-    neck = FPN(channels, cfg.neck_channels)
     head = FPNHead([cfg.neck_channels] * 4, cfg.head_channels, cfg.num_classes, encoder.feature_strides,
                    cfg.head_dropout)
-    return DenseCLIP(encoder, prompting, neck, head, cfg)
+    return DenseCLIP(encoder, prompting, FPN(channels, cfg.neck_channels), head, cfg)
 
 
-def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | None = None,
+def load_checkpoint(path_or_repo: str | Path, config: str | DenseCLIPConfig | None = None,
                     class_names: Sequence[str] | None = None,
                     device: str | torch.device = "cpu") -> DenseCLIP:
     """A DenseCLIP segmentor in eval mode from:
@@ -189,15 +165,8 @@ def load_checkpoint(path_or_repo: str | Path, preset: str | DenseCLIPConfig | No
     - a Hugging Face Hub repo id holding those files ("user/denseclip-rn50-ade20k"),
     - the authors' released mmcv checkpoints (`.pth`, read with weights_only=True; the architecture is
       read off the tensors, class names from meta["CLASSES"]).
-    `preset` gives the config when a file carries none; `class_names` overrides the stored names.
+    `config` (a preset name or a DenseCLIPConfig) replaces the stored config, or gives what the authors'
+    tensors cannot tell (test pipeline, ViT taps); `class_names` override the stored names.
     Detection checkpoints load with `denseclip.load_detector`.
     """
-    from .official import authors_name, load_official
-
-    base = resolve(preset, DenseCLIPConfig) if preset is not None else None
-    path, cfg, state = read_checkpoint(path_or_repo, base, class_names, DenseCLIPConfig, load_official,
-                                       "preset='denseclip-rn50-ade20k' (or a config)")
-    name = authors_name if path.suffix in OFFICIAL_SUFFIXES else str
-    model = assemble(cfg, clip_for(cfg))
-    load_state_checked(model, state, str(path), name)
-    return model.to(device).eval()
+    return load_model(path_or_repo, DenseCLIPConfig, assemble, config, class_names, device)

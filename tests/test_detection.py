@@ -3,15 +3,18 @@ loss (hand-computed), training, parameter groups, checkpoints, errors. Tiny rand
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN, RetinaNet
+from torchvision.ops import box_iou
 
 import denseclip.detection.detector as detector_module
 from denseclip import save_checkpoint
 from denseclip.config import DetectionConfig, get_preset, list_presets
-from denseclip.detection import aux_loss, aux_target, build_detector, load_detector
+from denseclip.detection import aux_loss, aux_target, build_detector, detect, load_detector
 
 TINY = ["denseclip-retinanet-tiny", "denseclip-maskrcnn-tiny", "retinanet-clip-tiny", "maskrcnn-clip-tiny"]
 
@@ -212,27 +215,55 @@ def test_aux_target_uses_boxes_in_the_transformed_image(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.mark.parametrize("preset", ["denseclip-retinanet-tiny", "denseclip-maskrcnn-tiny"])
-def test_a_few_dozen_iterations_lower_the_losses(preset):
-    model = build_detector(preset, pretrained=False).train()
+@pytest.fixture(scope="module", params=["denseclip-retinanet-tiny", "denseclip-maskrcnn-tiny"])
+def trained(request):
+    """A tiny detector after 60 iterations on `_batch`, with its losses before and after."""
+    torch.manual_seed(0)
+    model = build_detector(request.param, pretrained=False).train()
     images, targets = _batch(model.cfg.with_masks)
-    opt = torch.optim.AdamW(model.param_groups(1e-3, 1e-4, backbone_lr_mult=1.0), lr=1e-3)
+    lr = 3e-3 if model.is_retinanet else 2e-3
+    opt = torch.optim.AdamW(model.param_groups(lr, 1e-4, backbone_lr_mult=1.0), lr=lr)
 
     def losses():
         torch.manual_seed(0)  # same dropout and RoI sampling -> a fair before/after comparison
         return model(images, targets)
 
     first = {k: v.item() for k, v in losses().items()}
-    for _ in range(24):
+    for _ in range(60):
         loss = losses()["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     last = {k: v.item() for k, v in losses().items()}
+    return model.eval(), images, first, last
+
+
+def test_a_few_dozen_iterations_lower_the_losses(trained):
+    model, _, first, last = trained
     cls = "classification" if model.is_retinanet else "loss_classifier"
     for k in ("loss", "loss_aux", cls):
         assert last[k] < 0.8 * first[k], (k, first[k], last[k])
     assert last["loss"] == pytest.approx(sum(v for k, v in last.items() if k != "loss"), rel=1e-5)
+
+
+def test_bfloat16_weights_detect_what_float32_weights_detect(trained):
+    """The fast path: `model.to(torch.bfloat16)`; the heads compute in bfloat16, boxes, scores and masks come
+    out in float32. On the trained tiny detectors (measured: IoU >= 0.979, scores within 0.012, masks 99.6%
+    the same) every float32 detection above 0.3 has a bfloat16 twin of its class."""
+    model, images, _, _ = trained
+    fast = copy.deepcopy(model).to(torch.bfloat16)
+    seen = 0
+    for image in images:
+        a, b = detect(model, image, score_threshold=0.3), detect(fast, image, score_threshold=0.2)
+        assert b.boxes.dtype == b.scores.dtype == torch.float32
+        for i in range(len(a)):
+            iou = box_iou(a.boxes[i:i + 1], b.boxes)[0] * (b.labels == a.labels[i])
+            j = int(iou.argmax())
+            assert iou[j] > 0.95 and abs(a.scores[i] - b.scores[j]) < 0.03, (a, b)
+            if a.masks is not None:
+                assert (a.masks[i] == b.masks[j]).float().mean() > 0.98
+            seen += 1
+    assert seen >= 2  # trained enough to detect something
 
 
 def test_param_groups_follow_the_authors_recipe():

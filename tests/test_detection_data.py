@@ -13,17 +13,9 @@ from PIL import Image
 
 from denseclip.config import TINY_DET_CLASSES
 from denseclip.data.base import DatasetError
-from denseclip.detection import (
-    CocoDetection,
-    build_detector,
-    coco_eval,
-    collate_detection,
-    detect,
-    detections_to_coco,
-    evaluate_detector,
-    hflip,
-    write_synthetic_coco,
-)
+from denseclip.detection import CocoDetection, build_detector, collate_detection, detect, hflip
+from train.det_eval import coco_eval, detections_to_coco, evaluate_detector
+from train.det_synthetic import write_synthetic_coco
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,13 +168,13 @@ def test_evaluate_detector_end_to_end_writes_metrics(preset, synth, tmp_path):
     metrics = evaluate_detector(model, loader, ds, out_json=out, extra={"model": preset})
     assert model.training  # restored
     types = ("bbox", "segm") if model.cfg.with_masks else ("bbox",)
-    written = json.loads(out.read_text())
+    written = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert written["model"] == preset and written["num_images"] == 6 and written["num_detections"] > 0
     for t in types:
         for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
             v = metrics[f"{t}_{k}"]
-            absent = math.isnan(v) and k in ("APs", "APm", "APl")  # no objects of that size
-            assert absent or (0.0 <= v <= 1.0 and written[f"{t}_{k}"] == v)
+            absent = math.isnan(v) and k in ("APs", "APm", "APl")  # no objects of that size: null in JSON
+            assert (absent and written[f"{t}_{k}"] is None) or (0.0 <= v <= 1.0 and written[f"{t}_{k}"] == v)
     assert ("segm_AP" in written) == model.cfg.with_masks
     assert (tmp_path / "metrics_detections.json").is_file()
 

@@ -144,7 +144,7 @@ VIT_PRESET = DenseCLIPConfig(vit_out_indices=(0, 1, 2, 3))  # a 4-block ViT: tap
 
 @pytest.fixture(scope="module")
 def vit_loaded(vit_path):
-    return denseclip.load_checkpoint(vit_path, preset=VIT_PRESET)
+    return denseclip.load_checkpoint(vit_path, config=VIT_PRESET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_authors_baseline_layout_loads(tmp_path, arch):
     randomize_(ref, seed=6)
     torch.save(mmcv_checkpoint(ref, RN_NAMES), tmp_path / "fpn_clip.pth")
     preset = VIT_PRESET if arch == "vit" else None
-    m = denseclip.load_checkpoint(tmp_path / "fpn_clip.pth", preset=preset)
+    m = denseclip.load_checkpoint(tmp_path / "fpn_clip.pth", config=preset)
     check_parity(m, ref, (1, 96, 160))
 
 

@@ -1,4 +1,5 @@
-"""The toy micro-CLIP of the tutorials: its data, the cache, seeded training, and that it learns."""
+"""The toy micro-CLIP of the tutorials: its training (train/train_toy_clip.py), the shipped weights and the
+cache, and that it learns."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from denseclip import toy
+from train import train_toy_clip as trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: more threads only contend on CI cores
 
@@ -25,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 def test_captions_name_each_class_once_in_a_caption_sentence():
     rng = np.random.default_rng(0)
     for names in (["sky"], ["sky", "car"], ["tree", "road", "person", "car"]):
-        text = toy.caption(names, rng)
+        text = trainer.caption(names, rng)
         assert any(text.startswith(t.split("{}")[0]) for t in toy.CAPTION_TEMPLATES)
         words = [w.strip(",.") for w in text.split()]
         assert sorted(w for w in words if w in toy.TOY_CLASSES) == sorted(names)
@@ -33,12 +35,12 @@ def test_captions_name_each_class_once_in_a_caption_sentence():
 
 def test_crop_batch_images_and_class_sets():
     recipe = dataclasses.replace(SHORT, batch=16)
-    scenes = toy.make_scenes(recipe)
+    scenes = trainer.make_scenes(recipe)
     assert len(scenes) == 6
     for image, label in scenes:  # square scenes of several sizes
         assert image.dtype == torch.uint8 and image.shape[1:] == label.shape
         assert recipe.min_scene <= label.shape[0] == label.shape[1] <= recipe.max_scene
-    images, sets, texts = toy.crop_batch(scenes, recipe, np.random.default_rng(0), 64)
+    images, sets, texts = trainer.crop_batch(scenes, recipe, np.random.default_rng(0), 64)
     assert images.shape == (16, 3, 64, 64) and images.dtype == torch.float32
     assert abs(float(images.mean())) < 1 and float(images.std()) > 0.5  # CLIP-normalised pixels in [0, 255]
     assert len(sets) == len(texts) == 16
@@ -51,28 +53,28 @@ def test_contrastive_loss_is_clips_with_equal_class_sets_as_positives():
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    clip = toy.new_clip().eval()
+    clip = trainer.new_clip().eval()
     recipe = dataclasses.replace(SHORT, batch=6)
-    images, _, texts = toy.crop_batch(toy.make_scenes(recipe), recipe, np.random.default_rng(0),
+    images, _, texts = trainer.crop_batch(trainer.make_scenes(recipe), recipe, np.random.default_rng(0),
                                       toy.TOY_CLIP_ARCH["vision_cfg"]["image_size"])
-    tokens = toy.tokenizer()(texts)
+    tokens = trainer.tokenizer()(texts)
     with torch.no_grad():
         img = F.normalize(clip.encode_image(images), dim=-1)
         txt = F.normalize(clip.encode_text(tokens), dim=-1)
         logits = clip.logit_scale.exp() * img @ txt.T
         distinct = [frozenset({str(i)}) for i in range(6)]  # every pair different: CLIP's loss
         expected = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
-        assert torch.allclose(toy.contrastive_loss(clip, images, tokens, distinct), expected, atol=1e-5)
+        assert torch.allclose(trainer.contrastive_loss(clip, images, tokens, distinct), expected, atol=1e-5)
         alike = [frozenset({"sky"})] * 6  # every pair positive: uniform targets
         rows, cols = logits.logsumexp(1) - logits.mean(1), logits.logsumexp(0) - logits.mean(0)
         uniform = (rows.mean() + cols.mean()) / 2
-        assert torch.allclose(toy.contrastive_loss(clip, images, tokens, alike), uniform, atol=1e-5)
+        assert torch.allclose(trainer.contrastive_loss(clip, images, tokens, alike), uniform, atol=1e-5)
 
 
 def test_seeded_training_is_deterministic():
-    a, info = toy.train_toy_clip(SHORT, progress=False)
-    b, _ = toy.train_toy_clip(SHORT, progress=False)
-    c, _ = toy.train_toy_clip(dataclasses.replace(SHORT, seed=1), progress=False)
+    a, info = trainer.train_toy_clip(SHORT, progress=False)
+    b, _ = trainer.train_toy_clip(SHORT, progress=False)
+    c, _ = trainer.train_toy_clip(dataclasses.replace(SHORT, seed=1), progress=False)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -80,27 +82,29 @@ def test_seeded_training_is_deterministic():
     assert {"retrieval_acc", "retrieval_chance", "loss_first", "loss_last", "seconds"} <= set(info)
 
 
-def test_cache_hit_reads_the_file_and_does_not_train(cache, monkeypatch):
-    path = toy.toy_clip_file(SHORT, progress=False)
+@pytest.fixture
+def short_in_cache(cache):
+    """SHORT trained by the training script's entry point, which writes another recipe into the cache."""
+    return trainer.main([f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(SHORT).items()])
+
+
+def test_trained_weights_are_found_in_the_cache_and_a_missing_recipe_says_how(short_in_cache, cache):
+    path = short_in_cache
     assert path.parent == cache and path.name == f"toy-clip-{SHORT.key()}.safetensors"
-    trained = toy.toy_clip(SHORT, progress=False)
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained again despite the cache")
-
-    monkeypatch.setattr(toy, "train_toy_clip", no_training)
-    assert toy.toy_clip_file(SHORT) == path
-    again = toy.toy_clip(SHORT)
-    assert all(torch.equal(v, again.state_dict()[k]) for k, v in trained.state_dict().items())
-    assert toy.toy_clip_info(path)["recipe"] == dataclasses.asdict(SHORT)
-    # another recipe is another file
-    assert dataclasses.replace(SHORT, steps=4).key() != SHORT.key()
+    assert toy.toy_clip_file(SHORT) == path and toy.toy_clip_info(path)["recipe"] == dataclasses.asdict(SHORT)
+    trained, _ = trainer.train_toy_clip(SHORT, progress=False)  # deterministic: the file holds these
+    loaded = toy.toy_clip(SHORT)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in trained.state_dict().items())
+    other = dataclasses.replace(SHORT, steps=4)  # another recipe is another file, not there yet
+    assert other.key() != SHORT.key()
+    with pytest.raises(FileNotFoundError, match="python -m train.train_toy_clip"):
+        toy.toy_clip(other)
 
 
-def test_toy_config_builds_denseclip_on_the_cached_weights(cache):
+def test_toy_config_builds_denseclip_on_the_cached_weights(short_in_cache):
     import denseclip
 
-    cfg = toy.toy_config(SHORT, progress=False, prompt={"num_contexts": 4}, aux_loss_weight=0.0)
+    cfg = toy.toy_config(SHORT, prompt={"num_contexts": 4}, aux_loss_weight=0.0)
     assert cfg.clip_pretrained == str(toy.toy_clip_file(SHORT)) and cfg.aux_loss_weight == 0.0
     model = denseclip.build_model(cfg, pretrained=True).eval()
     clip = toy.toy_clip(SHORT)
@@ -134,14 +138,14 @@ def test_default_weights_ship_with_the_package_and_segment(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the shipped weights must load without training")
 
-    monkeypatch.setattr(toy, "train_toy_clip", no_training)
+    monkeypatch.setattr(trainer, "train_toy_clip", no_training)
     path = toy.toy_clip_file()
     assert path.parent == toy.ASSETS and path.stat().st_size < 8_000_000
     with safe_open(str(path), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     assert toy.toy_clip_info(path)["recipe"] == dataclasses.asdict(toy.ToyRecipe())
     clip = toy.toy_clip()
-    r = toy.retrieval_accuracy(clip, seed=7)
+    r = trainer.retrieval_accuracy(clip, seed=7)
     assert r["retrieval_acc"] > r["retrieval_chance"] + 0.3, r
     fp32, full = _zero_shot_miou(clip)
     assert fp32["aAcc"] > 0.85 and fp32["mIoU"] > 0.8, fp32  # the largest class covers about a third
@@ -158,7 +162,7 @@ def test_the_shipped_weights_are_reproducible_from_the_recipe(cache):
     """Training the default recipe again (about a minute on 2 idle cores) gives the shipped file's weights:
     bit-equal in bfloat16 on the machine that wrote them; elsewhere (other SIMD paths) close, and the same
     zero-shot segmentation."""
-    clip, info = toy.train_toy_clip(progress=False)
+    clip, info = trainer.train_toy_clip(progress=False)
     shipped = toy.toy_clip()
     assert info["key"] == toy.ToyRecipe().key()
     worst = max(float((v.bfloat16().float() - shipped.state_dict()[k]).abs().max() /

@@ -31,8 +31,8 @@ from train.engine.config import TrainConfig, load_run_config, parse_overrides
 from train.engine.distributed import DistEnv, accumulation_steps, broadcast_from_main, on_every_rank
 from train.engine.hub import HubUnavailableError, check_hub_ready, recipe
 from train.engine.loop import finish_training, headline, start_training
-from train.engine.optim import build_optimizer, lr_at
 from train.engine.sampling import InfiniteSampler, StreamDataset, build_train_loader
+from train.engine.schedule import build_optimizer, lr_at
 from train.seg_data import DataConfig, resolve_class_names
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from train.engine.checkpoint import resolve_resume
 from train.engine.config import TrainConfig
 from train.engine.distributed import DistEnv
 from train.engine.loop import finish_training, keep_best, run_training, start_training
-from train.engine.optim import lr_at
 from train.engine.sampling import init_seed
+from train.engine.schedule import lr_at
 
 TOTAL = 4  # images per iteration
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from denseclip.data.transforms import load_image, normalize_image, resize_keep_ratio, to_image_tensor
+from denseclip.data.images import load_image
+from denseclip.data.transforms import normalize_image, resize_keep_ratio, to_image_tensor
 
 
 def _rgb(h=20, w=30, seed=0):
@@ -108,3 +109,21 @@ def test_tensor_helpers():
     n = normalize_image(x)
     assert n.shape == x.shape and n[0, 0, 0, 0] == pytest.approx((1 - 0.48145466) / 0.26862954, rel=1e-5)
     assert resize_keep_ratio(torch.zeros(1, 3, 100, 200), 50, 1000).shape == (1, 3, 50, 100)
+
+
+def test_files_above_the_limits_are_refused_from_their_header(tmp_path, monkeypatch):
+    from denseclip.data import images
+
+    Image.fromarray(_rgb(20, 30)).save(tmp_path / "a.png")
+    Image.fromarray(_rgb(20, 30)).save(tmp_path / "a.jpg")
+    tight = images.ImageLimits(max_pixels=500, max_jpeg_pixels=1000)
+    assert images.read_header(tmp_path / "a.png") == images.ImageHeader("PNG", 30, 20)
+    monkeypatch.setattr(images, "_pil_array", lambda *a, **k: pytest.fail("decoded"))
+    for path in (tmp_path / "a.png", tmp_path / "a.jpg"):  # 600 pixels at full size: refused
+        with pytest.raises(images.ImageFileError, match=r"30x20 pixels.*ImageLimits\.max_pixels") as err:
+            images.load_image(path, limits=tight)
+        assert err.value.reason == "pixels"
+    monkeypatch.undo()
+    assert images.load_image(tmp_path / "a.jpg", max_side=16, limits=tight).shape == (11, 16, 3)  # reduced
+    with pytest.raises(images.ImageFileError, match="max_pixels"):  # a PNG is decoded at full size anyway
+        images.load_image(tmp_path / "a.png", max_side=16, limits=tight)

@@ -13,17 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from denseclip.data import (
+from denseclip.data import DatasetError
+from denseclip.zeroshot import BACKGROUND
+from train import eval_zeroshot as ez
+from train.zeroshot_data import (
+    BACKGROUND_WORDS,
+    DATASETS,
+    PEERS,
     CityscapesDataset,
     COCOObjectDataset,
-    DatasetError,
     PascalContextDataset,
     PascalVOCDataset,
     peer_class_names,
 )
-from denseclip.data.peer_names import BACKGROUND_WORDS, DATASETS, PEERS
-from denseclip.zeroshot import BACKGROUND
-from train import eval_zeroshot as ez
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +45,7 @@ def _label(rng, h, w, hi, ignore=True):
 
 
 def write_layouts(root: Path, n: int = 2, seed: int = 0) -> Path:
-    """n images per dataset, each in its released / mmseg layout (see denseclip.data's readers)."""
+    """n images per dataset, each in its released / mmseg layout (see train/zeroshot_data.py's readers)."""
     rng = np.random.default_rng(seed)
 
     def image(h, w):
@@ -190,7 +192,7 @@ def test_eval_zeroshot_end_to_end_on_every_layout(data, tmp_path):
         for res in results[m].values():
             assert 0 <= res["mIoU"] <= 1 and res["num_images"] == 2 and res["protocol"]["short_side"] == 48
     assert results["sclip"]["voc21"]["protocol"]["area_threshold"] == 0.1
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["results"]["sclip"]["ade20k"]["mIoU"] == pytest.approx(results["sclip"]["ade20k"]["mIoU"])
     table = (tmp_path / "results.md").read_text()
     assert "| Method | VOC21 | PC60 | Object | VOC20 | City | PC59 | ADE | Stuff | Avg |" in table

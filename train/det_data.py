@@ -17,7 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from denseclip.config import Config
-from denseclip.detection import CocoDetection, collate_detection, to_sample, write_synthetic_coco
+from denseclip.detection import CocoDetection, collate_detection, to_sample
+
+from .det_synthetic import write_synthetic_coco
 
 SECTIONS = ("model", "data", "schedule", "train")
 

@@ -19,9 +19,9 @@ if not __package__:  # run as a file: the package's imports cannot work
 import time
 
 import denseclip
-from denseclip.detection import evaluate_detector
 
 from .det_data import SECTIONS, DetDataConfig, val_loader
+from .det_eval import evaluate_detector
 from .engine import barrier, eval_parser, evaluate_main
 
 

@@ -6,8 +6,8 @@
 
 Datasets under --data-root in mmseg's layout (or --data KEY=PATH each): VOCdevkit/VOC2012 (voc21, voc20),
 VOCdevkit/VOC2010 (context60, context59), coco_stuff164k (coco_object, coco_stuff), cityscapes,
-ade/ADEChallengeData2016 (ade20k). Readers: denseclip.data; class names with the peers' synonyms:
-denseclip.data.peer_names.
+ade/ADEChallengeData2016 (ade20k). Readers and class names with the peers' synonyms: train/zeroshot_data.py
+(ADE20K and COCO-Stuff: denseclip.data).
 
 Protocol (a method's peer; others use NACLIP's): CLIP ViT-B/16 (OpenAI), the 80 ImageNet templates, the
 image resized (mmcv-style bilinear, no antialias) to short side 336 (ClearCLIP: 448; Cityscapes 560 for
@@ -26,7 +26,6 @@ Writes <out>/results.json (every metric, the protocol, timing) and <out>/results
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,15 +33,7 @@ from pathlib import Path
 
 import torch
 
-from denseclip.data import (
-    ADE20KDataset,
-    CityscapesDataset,
-    COCOObjectDataset,
-    COCOStuffDataset,
-    PascalContextDataset,
-    PascalVOCDataset,
-    peer_class_names,
-)
+from denseclip.data import ADE20KDataset, COCOStuffDataset
 from denseclip.metrics import SegMetric
 from denseclip.zeroshot import (
     BACKGROUND,
@@ -53,6 +44,15 @@ from denseclip.zeroshot import (
     build_queries,
     labels_from_maps,
     upsample,
+)
+
+from .engine.logger import write_json
+from .zeroshot_data import (
+    CityscapesDataset,
+    COCOObjectDataset,
+    PascalContextDataset,
+    PascalVOCDataset,
+    peer_class_names,
 )
 
 ORDER = ("voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff")
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
     if args.tiny:
         note = "random tiny CLIP (--tiny): numbers are meaningless"
     (out / "results.md").write_text(f"mIoU (%), {note}, max_images={args.max_images}\n\n{md}\n", "utf-8")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1), "utf-8")
+    write_json(out / "results.json", {"args": vars(args), "results": results})  # NaN (class unseen): null
     print(md)
     return results
 

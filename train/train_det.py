@@ -23,9 +23,10 @@ import math
 import torch
 
 from denseclip.config import DetectionConfig
-from denseclip.detection import build_detector, collate_detection, evaluate_detector
+from denseclip.detection import build_detector, collate_detection
 
 from .det_data import SECTIONS, DetDataConfig, FlipTransform, RawSamples, ScheduleConfig, val_loader
+from .det_eval import evaluate_detector
 from .engine import DistEnv, Task, TrainRun, train_task
 
 

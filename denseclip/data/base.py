@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .transforms import load_image
+from .images import TURNED, load_image, open_image, read_header
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VALIDATE_MODES = ("full", "fast", "none")
-TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height: loading turns the picture by 90 degrees
 UPRIGHT_HINT = "save the image upright (PIL.ImageOps.exif_transpose(img).save(path)) or turn the mask"
 
 
@@ -64,13 +62,9 @@ def pair_by_stem(images: Sequence[Path], label_dir: Path, label_suffix: str = ".
                  what: str = "dataset") -> list[SamplePaths]:
     """Match each image with `label_dir / (image stem + label_suffix)`; a missing label is an error
     (listed with every other one), so a half-copied dataset is caught before training."""
-    pairs, missing = [], []
-    for img in images:
-        label = Path(label_dir) / f"{img.stem}{label_suffix}"
-        if label.is_file():
-            pairs.append(SamplePaths(img, label))
-        else:
-            missing.append(f"image without its mask: {img} (expected {label})")
+    pairs = [SamplePaths(img, Path(label_dir) / f"{img.stem}{label_suffix}") for img in images]
+    missing = [f"image without its mask: {p.image} (expected {p.label})" for p in pairs
+               if not p.label.is_file()]
     if missing:
         raise DatasetError(missing, what)
     return pairs
@@ -98,26 +92,21 @@ def read_label(path: str | Path) -> np.ndarray:
     single-channel 8/16-bit PNGs give their values; RGB files are accepted only when R == G == B.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
-                arr = np.asarray(img)
-            elif mode in ("RGB", "RGBA", "LA"):
-                arr = np.asarray(img)
-                chans = arr[..., :3] if mode != "LA" else arr[..., :1]
-                if not (chans == chans[..., :1]).all():
-                    raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices:"
-                                     " save it as a palette PNG or a single-channel (L) PNG of class ids")
-                arr = chans[..., 0]
-            else:
-                raise ValueError(f"mask {path} has unsupported image mode {mode!r}; use a palette or "
-                                 "single-channel PNG of class ids")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"mask file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"mask file is unreadable (corrupt, truncated or not an image): {path} ({e})") from e
+    img, _ = open_image(path, what="mask", exif=False)
+    with img:
+        try:
+            arr, mode = np.asarray(img), img.mode
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"mask file is corrupt or truncated: {path} ({e})") from e
+    if mode in ("RGB", "RGBA", "LA"):
+        chans = arr[..., :3] if mode != "LA" else arr[..., :1]
+        if not (chans == chans[..., :1]).all():
+            raise ValueError(f"mask {path} is a colour ({mode}) image; masks must hold class indices: save "
+                             "it as a palette PNG or a single-channel (L) PNG of class ids")
+        arr = chans[..., 0]
+    elif mode not in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I;16N", "I"):
+        raise ValueError(f"mask {path} has unsupported image mode {mode!r}; use a palette or single-channel "
+                         "PNG of class ids")
     return arr.astype(np.int64)
 
 
@@ -127,29 +116,6 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     out[label == 0] = 255
     out[out == 254] = 255  # a raw 255 stays ignore
     return out
-
-
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 = as stored); a broken EXIF block counts as 1, as `load_image` does."""
-    try:
-        return int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - unreadable EXIF: loading keeps the stored pixels too
-        return 1
-
-
-def header_size(path: Path, what: str, oriented: bool = False) -> tuple[int, int, int]:
-    """(H, W, EXIF orientation) from the file header only; with `oriented`, H x W as loading gives it (turned
-    by the EXIF orientation, as `load_image` does). Errors name the file."""
-    if not path.is_file():
-        raise ValueError(f"{what} file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} file is empty (0 bytes): {path}")
-    try:
-        with Image.open(path) as img:
-            (w, h), orientation = img.size, exif_orientation(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{what} file is unreadable (not an image or corrupt header): {path} ({e})") from e
-    return (w, h, orientation) if oriented and orientation in TURNED else (h, w, orientation)
 
 
 def size_mismatch(image: Path, image_hw: tuple[int, int], mask: Path, mask_hw: tuple[int, int],
@@ -190,11 +156,8 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __init__(self, samples: Sequence[SamplePaths], class_names: Sequence[str], ignore_index: int = 255,
                  reduce_zero_label: bool = False, name: str = "dataset"):
-        self.samples = list(samples)
-        self.class_names = tuple(class_names)
-        self.ignore_index = ignore_index
-        self.reduce_zero_label = reduce_zero_label
-        self.name = name
+        self.samples, self.class_names, self.name = list(samples), tuple(class_names), name
+        self.ignore_index, self.reduce_zero_label = ignore_index, reduce_zero_label
         if not self.samples:
             raise DatasetError([f"no images found for {name}"], name)
 
@@ -228,38 +191,29 @@ class SegDataset(torch.utils.data.Dataset):
         image, label = self.load_image(i), self.load_label(i)
         if image.shape[:2] != label.shape:
             s = self.samples[i]
-            with Image.open(s.image) as img:
-                orientation = exif_orientation(img)
+            orientation = read_header(s.image).orientation
             raise ValueError(size_mismatch(s.image, image.shape[:2], s.label, label.shape, orientation))
         return {"image": image, "label": label, "name": self.samples[i].image.stem}
 
     # ------------------------------------------------------------------ validation
-    def check_sample(self, i: int, mode: str = "full") -> list[str]:
-        """Problems of one sample (empty when fine). fast: headers and sizes (the image's as loading turns
-        it by its EXIF orientation); full: also decode, label values."""
-        return self._check(i, mode)[0]
-
     def _check(self, i: int, mode: str) -> tuple[list[str], bool]:
-        """(problems, whether the image is square and turned by its EXIF orientation: then the sizes cannot
-        tell whether the mask was drawn on the turned or the stored picture)."""
-        s = self.samples[i]
-        problems = []
+        """Problems of one sample (fast: headers and sizes, the image's as loading turns it by its EXIF
+        orientation; full: also decoding and label values), and whether the image is square and turned by
+        its EXIF orientation: then the sizes cannot tell whether the mask was drawn on the turned or the
+        stored picture."""
+        s, problems = self.samples[i], []
         try:
-            hi, wi, orientation = header_size(s.image, "image", oriented=True)
-            hl, wl, _ = header_size(s.label, "mask")
-        except ValueError as e:
+            image, mask = read_header(s.image), read_header(s.label, what="mask").stored_hw  # mask: as stored
+        except (OSError, ValueError) as e:
             return [str(e)], False
-        if (hi, wi) != (hl, wl):
-            return [size_mismatch(s.image, (hi, wi), s.label, (hl, wl), orientation)], False
-        if mode == "full":
+        hi, wi, orientation = image.height, image.width, image.orientation
+        if (hi, wi) != mask:
+            return [size_mismatch(s.image, (hi, wi), s.label, mask, orientation)], False
+        for load in (lambda: load_image(s.image), lambda: self.load_label(i)) if mode == "full" else ():
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    load_image(s.image)
-            except (ValueError, OSError) as e:
-                problems.append(str(e))
-            try:
-                self.load_label(i)
+                    load()
             except (ValueError, OSError) as e:
                 problems.append(str(e))
         return problems, orientation in TURNED and hi == wi

@@ -43,13 +43,11 @@ class FolderDataset(SegDataset):
         img_root = require_dir(root / "images", "images", FOLDER_LAYOUT)
         mask_root = require_dir(root / "masks", "masks", FOLDER_LAYOUT)
         if class_names is None:
-            names_file = root / "classes.txt"
-            if not names_file.is_file():
-                raise FileNotFoundError(f"class-name file not found: {names_file} (one class name per line)\n"
-                                        f"expected layout:\n{FOLDER_LAYOUT}")
-            class_names = get_class_names(names_file)
-        else:
-            class_names = get_class_names(class_names)
+            class_names = root / "classes.txt"
+            if not class_names.is_file():
+                raise FileNotFoundError(f"class-name file not found: {class_names} (one class name per line)"
+                                        f"\nexpected layout:\n{FOLDER_LAYOUT}")
+        class_names = get_class_names(class_names)
         name = f"folder dataset {root}" + (f" [{split}]" if split else "")
         if split in (None, "all"):
             img_dir, mask_dir, stems = img_root, mask_root, None

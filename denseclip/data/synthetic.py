@@ -94,8 +94,7 @@ class SyntheticSegDataset(torch.utils.data.Dataset):
         if length < 1:
             raise ValueError(f"length must be positive, got {length}")
         self.length, self.seed, self.offset = int(length), int(seed), offset
-        self.size = (int(size[0]), int(size[1]))
-        self.class_names = tuple(class_names)
+        self.size, self.class_names = (int(size[0]), int(size[1])), tuple(class_names)
         self.name = f"synthetic(seed={seed}, n={length})"
 
     @property

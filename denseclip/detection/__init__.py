@@ -9,13 +9,9 @@
 from .backbone import DenseCLIPBackbone
 from .data import CocoDetection, collate_detection, hflip, to_sample
 from .detector import DenseCLIPDetector, aux_loss, aux_target, build_detector, load_detector
-from .evaluation import coco_eval, detections_to_coco, evaluate_detector, predict_dataset
 from .inference import DetectionResult, detect
-from .synthetic import make_synthetic_image, write_synthetic_coco
 
 __all__ = [
     "DenseCLIPBackbone", "CocoDetection", "collate_detection", "hflip", "to_sample", "DenseCLIPDetector",
-    "aux_loss", "aux_target", "build_detector", "load_detector", "coco_eval", "detections_to_coco",
-    "evaluate_detector", "predict_dataset", "DetectionResult", "detect", "make_synthetic_image",
-    "write_synthetic_coco",
+    "aux_loss", "aux_target", "build_detector", "load_detector", "DetectionResult", "detect",
 ]

@@ -6,9 +6,10 @@ Follow a tensor (the authors' DenseCLIP_RetinaNet / DenseCLIP_MaskRCNN `extract_
     S  = normalize(z) . normalize(t')^T / tau                              (B, K, H/32, W/32)   score maps
     C5' = cat(C5, S)
     RetinaNet:  FPN(C3, C4, C5') -> P3..P5, P6 = conv(C5'), P7 = conv(relu(P6))   (add_extra_convs='on_input';
-                with cfg.mmdet_compat P7 = conv(P6), as mmdet's relu_before_extra_convs=False)
+                mmdetection's P7 = conv(P6), see detection/mmdet.py)
     Mask R-CNN: FPN(C2, C3, C4, C5') -> P2..P5, P6 = maxpool(P5)
-`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want.
+`forward(x)` returns an OrderedDict of `out_channels`-channel maps, as torchvision's detectors want, in
+float32 even from bfloat16 weights (torchvision makes anchors in their dtype; see heads_in_weights_dtype).
 """
 
 from __future__ import annotations
@@ -22,17 +23,14 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from ..config import DetectionConfig
 from ..encoders import CLIPResNetEncoder
-from ..ops import score_maps
 from ..prompting import ContextPrompting
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
-class LastLevelP6P7NoReLU(LastLevelP6P7):
-    """P6 = conv(C5'), P7 = conv(P6): mmdetection's extra convs "on_input" without a ReLU before P7
-    (torchvision's LastLevelP6P7 has one). Same parameters (p6, p7), so the same state dict."""
 
-    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
-        p6 = self.p6(c[-1])
-        return [*p, p6, self.p7(p6)], [*names, "p6", "p7"]
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float32 for a bfloat16 / float16 tensor; any other tensor as it is (float64 stays float64)."""
+    return x.float() if x.dtype in LOW_PRECISION else x
 
 
 class DenseCLIPBackbone(nn.Module):
@@ -50,8 +48,7 @@ class DenseCLIPBackbone(nn.Module):
             channels[3] += cfg.num_classes
         if cfg.detector == "retinanet":
             self.in_levels = (1, 2, 3)  # C3, C4, C5 (mmdet start_level=1)
-            p6p7 = LastLevelP6P7NoReLU if cfg.mmdet_compat else LastLevelP6P7
-            extra = p6p7(channels[3], cfg.fpn_channels)
+            extra = LastLevelP6P7(channels[3], cfg.fpn_channels)
             extra.use_P5 = False  # always on the input C5 (with scores), as add_extra_convs='on_input'
             self.level_names = ("p3", "p4", "p5", "p6", "p7")
         else:
@@ -68,13 +65,11 @@ class DenseCLIPBackbone(nn.Module):
         """x (B, 3, H, W), normalised -> (FPN features {name: (B, C, H/s, W/s)}, S / tau (B, K, H/32, W/32)
         or None for the baseline)."""
         enc = self.encoder(x)
-        feats = list(enc.features)
-        score_map = None
+        feats, score_map = enc.features, None
         if self.prompting is not None:
-            score_map = score_maps(enc.dense, self.prompting(enc.global_embedding, enc.dense)) / self.tau
-            feats[3] = torch.cat([feats[3], score_map.to(feats[3].dtype)], dim=1)
+            feats, score_map, _ = self.prompting.onto_stage(enc, 3, self.tau)
         out = self.fpn(OrderedDict((str(i), feats[i]) for i in self.in_levels))
-        return OrderedDict(zip(self.level_names, out.values())), score_map
+        return OrderedDict(zip(self.level_names, map(full_precision, out.values()))), score_map
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.forward_with_score_map(x)[0]

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from torchvision.ops import box_convert
 
-from ..data.base import TURNED, DatasetError, exif_orientation, header_size
+from ..data.base import DatasetError
+from ..data.images import ImageHeader, load_image, read_header
 
 
 def _quiet_coco(ann_file: str | Path):
@@ -58,8 +59,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image folder not found: {self.image_dir}")
         self.ann_file = Path(ann_file)
         self.coco = _quiet_coco(ann_file)
-        self.train = train
-        self.with_masks = with_masks
+        self.train, self.with_masks = train, with_masks
         self.hflip_prob = (0.5 if train else 0.0) if hflip_prob is None else hflip_prob
         self.cat_ids = tuple(sorted(self.coco.getCatIds()))
         if not self.cat_ids:
@@ -93,18 +93,18 @@ class CocoDetection(torch.utils.data.Dataset):
         anns = self.coco.imgToAnns.get(image_id, [])
         problems = [self._unknown_category(a, info) for a in anns if a["category_id"] not in self.label_of]
         try:
-            h, w, orientation = header_size(self.image_dir / info["file_name"], "image")
-        except ValueError as e:
+            header = read_header(self.image_dir / info["file_name"])
+        except (OSError, ValueError) as e:
             return [f"{e} (listed in {self.ann_file})", *problems]
-        expected = (int(info["height"]), int(info["width"]))
-        if (h, w) != expected and not (orientation in TURNED and (w, h) == expected):
-            problems.append(self._wrong_size(info, (h, w), orientation))
+        if (int(info["height"]), int(info["width"])) not in (header.stored_hw, (header.height, header.width)):
+            problems.append(self._wrong_size(info, header))
         return problems
 
-    def _wrong_size(self, info: dict, hw: tuple[int, int], orientation: int) -> str:
-        turned = f" (stored; EXIF orientation {orientation} turns it to {hw[1]}x{hw[0]})" \
-            if orientation in TURNED else ""
-        return (f"image {self.image_dir / info['file_name']} is {hw[0]}x{hw[1]} (H x W){turned} but "
+    def _wrong_size(self, info: dict, header: ImageHeader) -> str:
+        (h, w), turned = header.stored_hw, ""
+        if header.orientation != 1 and (h, w) != (header.height, header.width):
+            turned = f" (stored; EXIF orientation {header.orientation} turns it to {w}x{h})"
+        return (f"image {self.image_dir / info['file_name']} is {h}x{w} (H x W){turned} but "
                 f"{self.ann_file} says {info['height']}x{info['width']}: the image and its annotations do "
                 "not belong together: use the image file the annotations were made on (not a resized or "
                 "rotated copy)")
@@ -134,15 +134,10 @@ class CocoDetection(torch.utils.data.Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"image {info['file_name']} of {self.ann_file} not found in "
                                     f"{self.image_dir}")
-        with Image.open(path) as img:
-            img.load()
-            size = (int(info["width"]), int(info["height"]))
-            stored, orientation = img.size, exif_orientation(img)
-            if img.size != size:
-                img = ImageOps.exif_transpose(img)
-            if img.size != size:
-                raise ValueError(self._wrong_size(info, stored[::-1], orientation))
-            return np.asarray(img.convert("RGB")).copy()
+        header, size = read_header(path), (int(info["height"]), int(info["width"]))
+        if size not in (header.stored_hw, (header.height, header.width)):
+            raise ValueError(self._wrong_size(info, header))
+        return load_image(path, exif=size != header.stored_hw)
 
     def load(self, index: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
         """Sample `index` unaugmented: ((H, W, 3) uint8 RGB, target with boxes xyxy, labels 1..K(, masks))."""
@@ -150,8 +145,8 @@ class CocoDetection(torch.utils.data.Dataset):
         rgb = self.load_image(image_id)
         h, w = rgb.shape[:2]
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._usable(a)]
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = box_convert(xywh, "xywh", "xyxy")
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

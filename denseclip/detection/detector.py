@@ -16,7 +16,6 @@ the auxiliary target needs the boxes in the transformed (resized, padded) image.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,14 +27,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..checkpoints import OFFICIAL_SUFFIXES, HubMixin, load_state_checked, read_checkpoint
-from ..clip import clip_for
+from ..checkpoints import HubMixin, build, load_model
 from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig, resolve
 from ..encoders import CLIPResNetEncoder
-from ..optim import param_groups
-from ..prompting import ContextPrompting
-from .backbone import DenseCLIPBackbone
-from .mmdet import LevelRoIAlign, MMDetAnchorGenerator, MMDetBoxCoder
+from ..param_groups import backbone_param_groups
+from ..prompting import prompting_for
+from .backbone import DenseCLIPBackbone, full_precision
+from .mmdet import OCTAVE, RATIOS, use_mmdet_parts
 from .mmdet_inference import mmdet_detect
 
 AUX_STRIDE = 4  # the authors build the box target and upsample the score maps at stride 4 (C2)
@@ -72,17 +70,55 @@ def aux_loss(score_map: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return loss / weight.sum().clamp(min=1)
 
 
+def _cast(x, fn):
+    """`fn` applied to every tensor in a (nested) list, tuple or dict."""
+    if torch.is_tensor(x):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _cast(v, fn) for k, v in x.items()}
+    return type(x)(_cast(v, fn) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _to_weights_dtype(module: nn.Module, args: tuple) -> tuple:
+    dtype = next(module.parameters()).dtype
+    return _cast(args, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+def _to_full_precision(module: nn.Module, args: tuple, output):
+    return _cast(output, full_precision)
+
+
+def heads_in_weights_dtype(det: RetinaNet | MaskRCNN) -> None:
+    """torchvision's heads compute in their weights' dtype (bfloat16 after `model.to(torch.bfloat16)`),
+    and what follows them (anchors, box decoding, scores, RoI pooling, NMS) in full precision: forward
+    hooks cast the heads' inputs to the weights' dtype and their outputs back to float32."""
+    if isinstance(det, RetinaNet):
+        first = last = [det.head]
+    else:
+        roi = det.roi_heads
+        first, last = [det.rpn.head, roi.box_head, roi.mask_head], [det.rpn.head, roi.box_predictor,
+                                                                    roi.mask_predictor]
+    for m in first:
+        m.register_forward_pre_hook(_to_weights_dtype)
+    for m in last:
+        m.register_forward_hook(_to_full_precision)
+
+
 class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "denseclip", "clip"]):
-    """A torchvision RetinaNet or MaskRCNN (`self.detector`) whose backbone is a `DenseCLIPBackbone`.
+    """A torchvision RetinaNet or MaskRCNN (`detector`) whose backbone is a `DenseCLIPBackbone`, and the
+    config that built it (`cfg`). Build it with `build_detector`.
 
     forward(images, targets): train -> dict of losses (torchvision's names, "loss_aux", "loss" = their sum);
-    eval -> the torchvision detections at each input image's size. Build with `build_detector`.
+    eval -> the torchvision detections at each input image's size.
     """
 
-    def __init__(self, backbone: DenseCLIPBackbone, cfg: DetectionConfig):
+    def __init__(self, detector: RetinaNet | MaskRCNN, cfg: DetectionConfig):
         super().__init__()
-        self.cfg = cfg
-        self.detector = (_retinanet if cfg.detector == "retinanet" else _maskrcnn)(backbone, cfg)
+        if not isinstance(detector.backbone, DenseCLIPBackbone):
+            raise TypeError(f"the detector's backbone must be a DenseCLIPBackbone, got "
+                            f"{type(detector.backbone).__name__}")
+        self.detector, self.cfg = detector, cfg
+        heads_in_weights_dtype(detector)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -130,13 +166,7 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
         losses["loss"] = sum(losses.values())
         return losses
 
-    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
-                     norm_decay: bool = False) -> list[dict]:
-        """AdamW groups as the authors' recipe: the CLIP image tower (and an unfrozen text encoder) at
-        lr x0.1, no weight decay on parameters whose names contain "norm" outside those, the rest at lr."""
-        bb = "detector.backbone."
-        mults = {bb + "encoder.": backbone_lr_mult, bb + "prompting.text_encoder.": backbone_lr_mult}
-        return param_groups(self, lr, weight_decay, mults, norm_decay)
+    param_groups = backbone_param_groups
 
     def extra_repr(self) -> str:
         return f"name={self.cfg.name!r}, detector={self.cfg.detector}, classes={self.cfg.num_classes}, " \
@@ -163,76 +193,49 @@ class DenseCLIPDetector(nn.Module, HubMixin, tags=["object-detection", "densecli
         return "\n".join([*lines, "Classes: " + ", ".join(cfg.class_names), ""])
 
 
-RATIOS = ((0.5, 1.0, 2.0),) * 5  # anchor height / width at every level (mmdet and torchvision alike)
-OCTAVE = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # RetinaNet: 3 scales per octave (mmdet octave_base_scale=4)
-
-
 def _transform_args(cfg: DetectionConfig) -> dict:
     return dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=list(CLIP_MEAN),
                 image_std=list(CLIP_STD))
 
 
 def _retinanet(backbone: DenseCLIPBackbone, cfg: DetectionConfig) -> RetinaNet:
-    """torchvision's RetinaNet with K sigmoid classes (no background); mmdetection's anchors and box
-    decoding with cfg.mmdet_compat, torchvision's (rounded anchors) otherwise."""
-    if cfg.mmdet_compat:
-        sizes = tuple(tuple(s * o for o in OCTAVE) for s in cfg.anchor_sizes)
-        anchors = MMDetAnchorGenerator(sizes, RATIOS, backbone.strides)
-    else:
-        sizes = tuple((s, int(s * OCTAVE[1]), int(s * OCTAVE[2])) for s in cfg.anchor_sizes)
-        anchors = AnchorGenerator(sizes, RATIOS)
-    det = RetinaNet(backbone, num_classes=cfg.num_classes, anchor_generator=anchors,
-                    score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                    detections_per_img=cfg.detections_per_img, topk_candidates=cfg.nms_pre,
-                    **_transform_args(cfg))
-    if cfg.mmdet_compat:
-        det.box_coder = MMDetBoxCoder(det.box_coder.weights)
-    return det
+    """torchvision's RetinaNet with K sigmoid classes (no background) and its rounded anchors."""
+    sizes = tuple((s, int(s * OCTAVE[1]), int(s * OCTAVE[2])) for s in cfg.anchor_sizes)
+    return RetinaNet(backbone, num_classes=cfg.num_classes, anchor_generator=AnchorGenerator(sizes, RATIOS),
+                     score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                     detections_per_img=cfg.detections_per_img, topk_candidates=cfg.nms_pre,
+                     **_transform_args(cfg))
 
 
 def _maskrcnn(backbone: DenseCLIPBackbone, cfg: DetectionConfig) -> MaskRCNN:
-    """torchvision's Mask R-CNN (K + 1 classes, background first); with cfg.mmdet_compat mmdetection's RPN
-    anchors, box decoding and RoI features (mmcv RoIAlign, level by size with finest scale 56)."""
-    k, c, names = cfg.num_classes, cfg.fpn_channels, list(backbone.level_names[:4])  # RoIs pool from P2..P5
-    sizes = tuple((s,) for s in cfg.anchor_sizes)
-    if cfg.mmdet_compat:
-        anchors = MMDetAnchorGenerator(sizes, RATIOS, backbone.strides)
-        box_pool, mask_pool = (LevelRoIAlign(names, n, backbone.strides[:4]) for n in (7, 14))
-    else:
-        anchors = AnchorGenerator(sizes, RATIOS)
-        box_pool, mask_pool = MultiScaleRoIAlign(names, 7, 2), MultiScaleRoIAlign(names, 14, 2)
-    det = MaskRCNN(
+    """torchvision's Mask R-CNN (K + 1 classes, background first), RoIs pooled from P2..P5."""
+    k, c, names = cfg.num_classes, cfg.fpn_channels, list(backbone.level_names[:4])
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), RATIOS)
+    return MaskRCNN(
         backbone, num_classes=None, rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n[0], rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n[1],
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n[0], rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n[1],
         rpn_nms_thresh=cfg.rpn_nms_thresh, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        box_roi_pool=box_pool, box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+        box_roi_pool=MultiScaleRoIAlign(names, 7, 2), box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, k + 1), box_score_thresh=cfg.score_thresh,
         box_nms_thresh=cfg.nms_thresh, box_detections_per_img=cfg.detections_per_img,
-        box_batch_size_per_image=cfg.box_batch_size_per_image, mask_roi_pool=mask_pool,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
         mask_head=MaskRCNNHeads(c, (cfg.mask_head_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, k + 1),
         **_transform_args(cfg))
-    if cfg.mmdet_compat:
-        det.rpn.box_coder = MMDetBoxCoder(det.rpn.box_coder.weights)
-        det.roi_heads.box_coder = MMDetBoxCoder(det.roi_heads.box_coder.weights)
-    return det
 
 
 def check_images(images) -> list[torch.Tensor]:
     """A list of (3, H, W) float images in [0, 1] (a (B, 3, H, W) tensor is split into one)."""
-    if torch.is_tensor(images) and images.ndim == 4:
-        images = list(images)
+    images = list(images) if torch.is_tensor(images) and images.ndim == 4 else images
     if torch.is_tensor(images) or not isinstance(images, (list, tuple)) or not images:
         raise ValueError("images must be a non-empty list of (3, H, W) float tensors in [0, 1] "
                          "(use denseclip.detection.detect() for PIL images, files or numpy arrays)")
     for i, im in enumerate(images):
-        if not torch.is_tensor(im) or im.ndim != 3 or im.shape[0] != 3:
-            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-            raise ValueError(f"image #{i} must be a (3, H, W) tensor, got {shape}")
-        if not im.is_floating_point():
-            raise ValueError(f"image #{i} has dtype {im.dtype}; give float values in [0, 1] "
-                             "(divide uint8 by 255)")
+        if not torch.is_tensor(im) or im.shape[:1] != (3,) or im.ndim != 3 or not im.is_floating_point():
+            got = f"{tuple(im.shape)} {im.dtype}" if torch.is_tensor(im) else type(im).__name__
+            raise ValueError(f"image #{i} must be a (3, H, W) tensor of float values in [0, 1] (uint8 / 255),"
+                             f" got {got}")
     return list(images)
 
 
@@ -264,29 +267,27 @@ def build_detector(preset_or_config: str | DetectionConfig = "denseclip-retinane
     pretrained=True loads the config's CLIP weights (`clip_pretrained`); False/None random weights; a string
     is an open_clip tag or a local CLIP weights file. `class_names` and `changes` replace config fields.
     """
-    cfg = resolve(preset_or_config, DetectionConfig, class_names=class_names, **changes)
-    tag = cfg.clip_pretrained if pretrained is True else (pretrained or None)
-    return assemble(cfg, clip_for(cfg, tag)).train()
+    return build(resolve(preset_or_config, DetectionConfig, class_names=class_names, **changes), assemble,
+                 pretrained)
 
 
 def assemble(cfg: DetectionConfig, clip_model: nn.Module) -> DenseCLIPDetector:
-    """The parts a detection config describes, around a given open_clip model."""
+    """The parts a detection config describes, around a given open_clip model: the DenseCLIP backbone, in
+    torchvision's RetinaNet or Mask R-CNN (with mmdetection's parts when cfg.mmdet_compat)."""
     if not hasattr(clip_model.visual, "attnpool"):
         raise ValueError(f"detection needs a CLIP ResNet image tower (RN50, RN101, ...); {cfg.clip_model!r} "
                          f"has {type(clip_model.visual).__name__}")
-    text = cfg.prompt is not None
     encoder = CLIPResNetEncoder(clip_model.visual, cfg.input_resolution, pos_embed=cfg.pos_embed,
-                                embeddings=text)
-    prompting = ContextPrompting(clip_model, cfg.class_names, cfg.prompt) if text else None
-    if prompting is not None and prompting.embed_dim != encoder.embed_dim:
-        raise ValueError(f"visual embedding dim {encoder.embed_dim} != text embedding dim "
-                         f"{prompting.embed_dim}")
-    return DenseCLIPDetector(DenseCLIPBackbone(encoder, prompting, cfg), cfg)
+                                embeddings=cfg.use_text)
+    backbone = DenseCLIPBackbone(encoder, prompting_for(clip_model, cfg, encoder.embed_dim), cfg)
+    detector = (_retinanet if cfg.detector == "retinanet" else _maskrcnn)(backbone, cfg)
+    use_mmdet_parts(detector, cfg)
+    return DenseCLIPDetector(detector, cfg)
 
 
 def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None = None,
-                  device: str | torch.device = "cpu",
-                  class_names: Sequence[str] | None = None) -> DenseCLIPDetector:
+                  class_names: Sequence[str] | None = None,
+                  device: str | torch.device = "cpu") -> DenseCLIPDetector:
     """A detector in eval mode from:
 
     - our `.safetensors` file, a folder holding model.safetensors (a training checkpoint, `final/`), or a
@@ -297,13 +298,4 @@ def load_detector(path_or_repo: str | Path, config: str | DetectionConfig | None
       detections are theirs; `config` then only supplies what tensors cannot tell (thresholds, image size).
     `class_names` renames the classes (same count).
     """
-    from ..official import authors_detector_name, load_official_detector
-
-    base = resolve(config, DetectionConfig) if config is not None else None
-    path, cfg, state = read_checkpoint(path_or_repo, base, class_names, DetectionConfig,
-                                       load_official_detector,
-                                       "config='denseclip-retinanet-rn50-coco' or a DetectionConfig")
-    name = partial(authors_detector_name, cfg.detector) if path.suffix in OFFICIAL_SUFFIXES else str
-    model = assemble(cfg, clip_for(cfg))
-    load_state_checked(model, state, str(path), name)
-    return model.to(device).eval()
+    return load_model(path_or_repo, DetectionConfig, assemble, config, class_names, device)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.transforms import load_image
+from ..data.images import load_image
 
 
 @dataclass

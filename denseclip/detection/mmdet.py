@@ -10,11 +10,13 @@ gives their detections only if these details are theirs too:
   aligned=True (half-pixel offset), sampling_ratio=0 (ceil(roi size / output size) samples per bin);
 - the test image: mmcv's keep-ratio size (rounded, not floored), bilinear resize written back as 8-bit
   pixels (as cv2 does), CLIP mean/std, zero padding to a multiple of 32, one image at a time;
+- P7 = conv(P6) without torchvision's ReLU between them (mmdet's relu_before_extra_convs=False);
 - `multiclass_nms`: every (box, class) pair above the score threshold, class-wise NMS, the best N;
 - masks (`_do_paste_mask`): each 28x28 probability map bilinearly sampled (grid_sample, align_corners=False)
   at the pixel centres of its box, thresholded with >= 0.5.
 
-The flow that uses them (RetinaNet, RPN, RoI heads) is `denseclip.detection.mmdet_inference`.
+`use_mmdet_parts` puts the first four into a torchvision detector; the test-time flow that uses the rest
+(RetinaNet, RPN, RoI heads) is `denseclip.detection.mmdet_inference`.
 """
 
 from __future__ import annotations
@@ -24,16 +26,50 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, roi_align
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_area, box_convert, roi_align
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from ..config import CLIP_MEAN, CLIP_STD, DetectionConfig
-from ..data.transforms import keep_ratio_size
+from ..config import DetectionConfig
+from ..data.transforms import keep_ratio_size, normalize_image
 
 SIZE_DIVISOR = 32  # mmdet Pad(size_divisor=32)
 FINEST_SCALE = 56  # mmdet SingleRoIExtractor: RoIs under 112 px (sqrt of the area) pool from the finest level
+RATIOS = ((0.5, 1.0, 2.0),) * 5  # anchor height / width at every level (mmdet and torchvision alike)
+OCTAVE = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # RetinaNet: 3 scales per octave (mmdet octave_base_scale=4)
+
+
+def use_mmdet_parts(det: nn.Module, cfg: DetectionConfig) -> None:
+    """With cfg.mmdet_compat, swap a torchvision RetinaNet's / Mask R-CNN's anchors, box coders, RoI pooling
+    and P7 for mmdetection's (in place, before weights are loaded); nothing otherwise."""
+    if not cfg.mmdet_compat:
+        return
+    strides = det.backbone.strides
+    if isinstance(det, RetinaNet):
+        sizes = tuple(tuple(s * o for o in OCTAVE) for s in cfg.anchor_sizes)
+        det.anchor_generator = MMDetAnchorGenerator(sizes, RATIOS, strides)
+        det.box_coder = MMDetBoxCoder(det.box_coder.weights)
+        p6 = det.backbone.fpn.extra_blocks.p6
+        det.backbone.fpn.extra_blocks = LastLevelP6P7NoReLU(p6.in_channels, p6.out_channels)
+        return
+    rpn, roi = det.rpn, det.roi_heads
+    rpn.anchor_generator = MMDetAnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), RATIOS, strides)
+    rpn.box_coder, roi.box_coder = MMDetBoxCoder(rpn.box_coder.weights), MMDetBoxCoder(roi.box_coder.weights)
+    names = roi.box_roi_pool.featmap_names
+    roi.box_roi_pool, roi.mask_roi_pool = (LevelRoIAlign(names, n, strides[:4]) for n in (7, 14))
+
+
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """P6 = conv(C5'), P7 = conv(P6): mmdetection's extra convs "on_input" without a ReLU before P7
+    (torchvision's LastLevelP6P7 has one). Same parameters (p6, p7), so the same state dict."""
+
+    def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]):
+        p6 = self.p6(c[-1])
+        return [*p, p6, self.p7(p6)], [*names, "p6", "p7"]
 
 
 class MMDetAnchorGenerator(AnchorGenerator):
@@ -84,11 +120,9 @@ class MMDetBoxCoder(BoxCoder):
         clip = self.bbox_xform_clip
         dw = (rel_codes[:, 2::4] * stds[2]).clamp(-clip, clip)
         dh = (rel_codes[:, 3::4] * stds[3]).clamp(-clip, clip)
-        px, py = ((boxes[:, 0] + boxes[:, 2]) * 0.5)[:, None], ((boxes[:, 1] + boxes[:, 3]) * 0.5)[:, None]
-        pw, ph = (boxes[:, 2] - boxes[:, 0])[:, None], (boxes[:, 3] - boxes[:, 1])[:, None]
-        gx, gy = px + pw * dx, py + ph * dy
-        gw, gh = pw * dw.exp(), ph * dh.exp()
-        return torch.stack([gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5], dim=2).flatten(1)
+        px, py, pw, ph = box_convert(boxes, "xyxy", "cxcywh")[:, :, None].unbind(1)  # as mmdet computes them
+        g = torch.stack([px + pw * dx, py + ph * dy, pw * dw.exp(), ph * dh.exp()], dim=2)
+        return box_convert(g, "cxcywh", "xyxy").flatten(1)
 
 
 class LevelRoIAlign(MultiScaleRoIAlign):
@@ -108,7 +142,7 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         """x: {name: (B, C, H, W)}; boxes: per image (N_i, 4) xyxy in the input -> (sum N_i, C, s, s)."""
         feats = [x[n] for n in self.featmap_names]
         rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
-        scale = ((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])).sqrt()
+        scale = box_area(rois[:, 1:]).sqrt()
         level = torch.floor(torch.log2(scale / FINEST_SCALE + 1e-6)).clamp(0, len(feats) - 1).long()
         out = feats[0].new_zeros(len(rois), feats[0].shape[1], *self.output_size)
         for i, (f, stride) in enumerate(zip(feats, self.strides)):
@@ -134,9 +168,7 @@ def preprocess(image: torch.Tensor, cfg: DetectionConfig) -> tuple[torch.Tensor,
     if (h, w) != (h0, w0):  # cv2 bilinear (half-pixel centres, no antialiasing), written back to uint8
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
         x = torch.floor(x + 0.5).clamp_(0, 255)
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
-    x = (x - mean) / std
+    x = normalize_image(x)
     x = F.pad(x, (0, -w % SIZE_DIVISOR, 0, -h % SIZE_DIVISOR)).to(image.dtype)
     scale = torch.tensor([w / w0, h / h0, w / w0, h / h0], dtype=torch.float32)
     return x, (h, w), scale.to(image.dtype)

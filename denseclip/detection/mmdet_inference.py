@@ -88,8 +88,8 @@ def _masks(roi_heads, feats: OrderedDict, boxes: torch.Tensor, labels: torch.Ten
 
 def mmdet_detect_one(model, image: torch.Tensor) -> dict[str, torch.Tensor]:
     """One (3, H, W) image in [0, 1] through a DenseCLIPDetector as mmdetection 2.17 tests it."""
-    cfg, det = model.cfg, model.detector
-    x, size, scale = preprocess(image.to(next(model.parameters()).dtype), cfg)
+    cfg, det, dtype = model.cfg, model.detector, next(model.parameters()).dtype
+    x, size, scale = preprocess(image.to(torch.float64 if dtype == torch.float64 else torch.float32), cfg)
     images = ImageList(x, [size])
     feats, _ = det.backbone.forward_with_score_map(x)
     levels = list(feats.values())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -51,3 +52,12 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
 
     return resample_abs_pos_embed(pos[None], list(dst), list(src), num_prefix_tokens=1, interpolation=mode,
                                   antialias=False)[0]
+
+
+def resize_positional_parameter(module: nn.Module, src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """`module.positional_embedding` (a CLIP tower's or its attention pool's) resized once from grid `src` to
+    `dst` (after loading pretrained weights, as the authors do): a new Parameter, same requires_grad."""
+    pos = module.positional_embedding
+    with torch.no_grad():
+        resized = resize_pos_embed(pos.data, src, dst)
+    module.positional_embedding = nn.Parameter(resized, requires_grad=pos.requires_grad)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..ops import attention
-from .base import EncoderOutput, grid_of, resize_pos_embed
+from .base import EncoderOutput, grid_of, resize_pos_embed, resize_positional_parameter
 
 
 class CLIPResNetEncoder(nn.Module):
@@ -48,20 +48,17 @@ class CLIPResNetEncoder(nn.Module):
             self.set_input_resolution(input_resolution)
 
     def set_input_resolution(self, resolution: int) -> None:
-        """Resize the attention pool's positional embedding once to the grid of `resolution / 32`.
-
-        Call after loading pretrained weights (the authors resize at load: 512 px -> 16x16).
-        """
+        """The attention pool's positional embedding resized once to the grid of `resolution / 32`."""
         grid = (resolution // 32, resolution // 32)
-        pool = self.visual.attnpool
-        with torch.no_grad():
-            pos = resize_pos_embed(pool.positional_embedding.data, self.pos_grid, grid)
-        pool.positional_embedding = nn.Parameter(pos, requires_grad=pool.positional_embedding.requires_grad)
+        resize_positional_parameter(self.visual.attnpool, self.pos_grid, grid)
         self.pos_grid = grid
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) -> [C2, C3, C4, C5] at strides 4, 8, 16, 32."""
-        x = x.to(self.visual.conv1.weight.dtype)
+        """(B, 3, H, W) -> [C2, C3, C4, C5] at strides 4, 8, 16, 32, in the weights' dtype (channels-last
+        for bfloat16 / float16 weights: oneDNN's and cuDNN's fast low-precision convolutions)."""
+        dtype = self.visual.conv1.weight.dtype
+        low = dtype in (torch.bfloat16, torch.float16)
+        x = x.to(dtype, memory_format=torch.channels_last if low else torch.preserve_format)
         out = self.visual.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
         return out["image_intermediates"]
 

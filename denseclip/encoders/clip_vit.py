@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EncoderOutput, grid_of, resize_pos_embed
+from .base import EncoderOutput, grid_of, resize_pos_embed, resize_positional_parameter
 
 
 def _necks(width: int, patch_size: int) -> dict[str, nn.Module]:
@@ -80,10 +80,7 @@ class CLIPViTEncoder(nn.Module):
     def set_input_resolution(self, resolution: int) -> None:
         """Resize the positional embedding once to the grid of `resolution / patch` (640 -> 40x40)."""
         grid = (resolution // self.patch_size, resolution // self.patch_size)
-        pos = self.visual.positional_embedding
-        with torch.no_grad():
-            resized = resize_pos_embed(pos.data, self.pos_grid, grid)
-        self.visual.positional_embedding = nn.Parameter(resized, requires_grad=pos.requires_grad)
+        resize_positional_parameter(self.visual, self.pos_grid, grid)
         self.pos_grid = grid
 
     def embed(self, x: torch.Tensor, pos_mode: str = "bilinear") -> tuple[torch.Tensor, tuple[int, int]]:

@@ -14,41 +14,37 @@ from pathlib import Path
 
 import torch
 
-from ..config import PromptConfig
+from ..config import ModelConfig, PromptConfig
 
 Table = tuple[tuple[str, str], ...]
 
 
-def read_official_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of an mmcv checkpoint, loaded without executing pickled code."""
+def read_official_checkpoint(path: str | Path, class_names: tuple[str, ...] | None = None
+                             ) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, meta) of an mmcv checkpoint, loaded without executing pickled code; `class_names`
+    replace (or supply) meta["CLASSES"]."""
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    core = np._core if hasattr(np, "_core") else np.core  # mmcv's meta may hold numpy scalars: just those
+    safe = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("int64")), core.multiarray.scalar,
+            core.multiarray._reconstruct]
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as first:  # mmcv metadata may hold numpy scalars: allow just those types
-        import numpy as np
-
-        safe = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("int64"))]
-        try:
-            safe.append(np._core.multiarray.scalar)
-            safe.append(np._core.multiarray._reconstruct)
-        except AttributeError:
-            pass
-        try:
-            with torch.serialization.safe_globals(safe):
-                ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:
-            raise ValueError(f"cannot read {path} as a checkpoint with weights_only=True ({first}); "
-                             "is it a PyTorch/mmcv .pth file?") from first
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a checkpoint with weights_only=True ({e}); "
+                         "is it a PyTorch/mmcv .pth file?") from e
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(ckpt).__name__})")
     state = ckpt.get("state_dict", ckpt)
     state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items() if torch.is_tensor(v)}
     if not state:
         raise ValueError(f"{path} holds no tensors")
-    meta = ckpt.get("meta") or {}
-    return state, meta if isinstance(meta, dict) else {}
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    return state, {**meta, "CLASSES": tuple(class_names)} if class_names is not None else meta
 
 
 def count(state: dict, pattern: str) -> int:
@@ -71,6 +67,21 @@ def rename(key: str, table: Table, reverse: bool = False) -> str | None:
         if m:
             return dst.format(*m.groups()) + key[m.end():]
     return None
+
+
+def translate_keys(state: dict[str, torch.Tensor], table: Table, drop: tuple[str, ...], what: str,
+                   fixes: dict | None = None) -> dict[str, torch.Tensor]:
+    """An authors' state dict under our names: keys starting with `drop` left out, the tensors of our keys
+    in `fixes` passed through their function; a key the table does not know is an error."""
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(drop):
+            continue
+        ours = rename(key, table)
+        if ours is None:
+            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP {what} checkpoint")
+        out[ours] = (fixes or {}).get(ours, lambda t: t)(tensor)
+    return out
 
 
 def text_side(state: dict[str, torch.Tensor]) -> tuple[dict, int, PromptConfig] | None:
@@ -107,3 +118,17 @@ def resnet_tower(state: dict[str, torch.Tensor], resolution: int) -> tuple[dict,
 
 # A text tower open_clip builds for a CLIP baseline's skeleton (the baseline uses none of it).
 BASELINE_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 1}
+
+
+def class_names_for(k: int, meta: dict, base: ModelConfig | None, default: tuple[str, ...]) -> tuple:
+    """The names of a checkpoint's `k` classes: meta["CLASSES"], else those of `base` or `default` (the
+    task's dataset) when they are `k`."""
+    names = meta.get("CLASSES")
+    if names is None:
+        known = (base.class_names if base is not None else (), default)
+        names = next((n for n in known if len(n) == k), None)
+    if names is None or len(names) != k:
+        held = "none" if names is None else len(names)
+        raise ValueError(f"the checkpoint has {k} classes but no matching class names (meta['CLASSES'] holds "
+                         f"{held}); pass class_names=[...]")
+    return tuple(str(n) for n in names)

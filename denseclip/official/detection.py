@@ -20,7 +20,14 @@ import torch
 
 from ..config import DetectionConfig
 from ..vocab import COCO_CLASSES
-from .common import BASELINE_TEXT_CFG, count, read_official_checkpoint, rename, resnet_tower, text_side
+from .common import (
+    BASELINE_TEXT_CFG,
+    class_names_for,
+    read_official_checkpoint,
+    resnet_tower,
+    text_side,
+    translate_keys,
+)
 
 _SHARED = (
     ("backbone.", "detector.backbone.encoder.visual."),
@@ -91,41 +98,15 @@ def detector_kind(state: dict[str, torch.Tensor]) -> str:
                      "(RetinaNet) or roi_head.mask_head.* (Mask R-CNN)")
 
 
-def _require(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(f"unsupported layout in this detection checkpoint: {what}")
-
-
 def _head_fields(state: dict[str, torch.Tensor], kind: str) -> tuple[int, dict]:
-    """(number of classes, DetectionConfig fields) of the detection heads, checked against what we build."""
+    """(number of classes, DetectionConfig fields) of the detection heads. A layout we do not build (other
+    anchors, head depths) shows as misshapen, missing or unexpected tensors when the state is loaded."""
     c = state["neck.fpn_convs.0.conv.weight"].shape[0]
     if kind == "retinanet":
-        anchors = state["bbox_head.retina_reg.weight"].shape[0] // 4
-        _require(anchors == 9, f"{anchors} anchors per position (we build 3 scales x 3 ratios)")
-        for branch in ("cls_convs", "reg_convs"):
-            n = count(state, rf"bbox_head\.{branch}\.(\d+)\.")
-            _require(n == 4, f"{n} {branch} (torchvision's RetinaNet head has 4)")
-        return state["bbox_head.retina_cls.weight"].shape[0] // anchors, {"fpn_channels": c}
-    _require(state["rpn_head.rpn_reg.weight"].shape[0] == 12, "RPN anchors other than 3 ratios x 1 scale")
-    fc = state["roi_head.bbox_head.shared_fcs.0.weight"]
-    _require(fc.shape[1] == c * 7 * 7, "box head input other than 7x7 RoI features")
-    n = count(state, r"roi_head\.mask_head\.convs\.(\d+)\.")
-    _require(n == 4, f"{n} mask head convs (we build 4)")
-    fields = {"fpn_channels": c, "box_head_dim": fc.shape[0],
+        return state["bbox_head.retina_cls.weight"].shape[0] // 9, {"fpn_channels": c}  # 3 scales x 3 ratios
+    fields = {"fpn_channels": c, "box_head_dim": state["roi_head.bbox_head.shared_fcs.0.weight"].shape[0],
               "mask_head_channels": state["roi_head.mask_head.convs.0.conv.weight"].shape[0]}
     return state["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1, fields
-
-
-def _class_names(k: int, meta: dict, base: DetectionConfig | None) -> tuple[str, ...]:
-    names = meta.get("CLASSES")
-    if names is None:
-        names = base.class_names if base is not None and len(base.class_names) == k else \
-            COCO_CLASSES if k == 80 else None
-    if names is None or len(names) != k:
-        held = "none" if names is None else len(names)
-        raise ValueError(f"the checkpoint has {k} classes but no matching class names (meta['CLASSES'] holds "
-                         f"{held}); pass class_names=[...]")
-    return tuple(str(n) for n in names)
 
 
 def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | None = None,
@@ -137,46 +118,27 @@ def config_from_official_detector(state: dict[str, torch.Tensor], meta: dict | N
     text = text_side(state)
     vision_cfg, pooled, name = resnet_tower(state, base.input_resolution if base is not None else 1344)
     text_cfg, embed_dim, prompt = text if text is not None else (BASELINE_TEXT_CFG, pooled or 1024, None)
-    levels = count(state, r"neck\.lateral_convs\.(\d+)\.")
-    _require(levels == (3 if kind == "retinanet" else 4), f"{levels} FPN inputs for a {kind}")
-    scores = state[f"neck.lateral_convs.{levels - 1}.conv.weight"].shape[1] - vision_cfg["width"] * 32
-    _require(scores == (k if prompt else 0), f"{scores} channels concatenated onto C5 for {k} classes")
     start = base if base is not None else DetectionConfig()
     return start.replace(
         name=f"official-{'denseclip' if prompt else 'clip'}-{kind}-{name.lower()}", detector=kind,
         clip_model=name, clip_pretrained=None, quick_gelu=True, input_resolution=vision_cfg["image_size"],
         clip_arch={"embed_dim": int(embed_dim), "vision_cfg": vision_cfg, "text_cfg": dict(text_cfg)},
-        class_names=_class_names(k, meta or {}, base), prompt=prompt, pos_embed="crop",
+        class_names=class_names_for(k, meta or {}, base, COCO_CLASSES), prompt=prompt, pos_embed="crop",
         anchor_sizes=(32, 64, 128, 256, 512), mmdet_compat=True, **head)
 
 
 def translate_detector(state: dict[str, torch.Tensor], kind: str,
                        use_text: bool = True) -> dict[str, torch.Tensor]:
     """The authors' detection state dict under our key names and torchvision's class layout."""
-    out = {}
-    for key, tensor in state.items():
-        if not use_text and key.startswith(UNUSED_WITHOUT_TEXT):
-            continue
-        ours = rename(key, DETECTION_KEYS[kind])
-        if ours is None:
-            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP {kind} checkpoint")
-        fix = TENSOR_FIXES.get(ours)
-        out[ours] = fix(tensor) if fix is not None else tensor
-    return out
-
-
-def authors_detector_name(kind: str, key: str) -> str:
-    """Our key under the authors' name (for messages about their files)."""
-    return rename(key, DETECTION_KEYS[kind], reverse=True) or key
+    return translate_keys(state, DETECTION_KEYS[kind], () if use_text else UNUSED_WITHOUT_TEXT, kind,
+                          TENSOR_FIXES)
 
 
 def load_official_detector(path: str | Path, base: DetectionConfig | None = None,
                            class_names: tuple[str, ...] | None = None) -> tuple[DetectionConfig, dict]:
     """(config, state dict in our names) of an authors' detection checkpoint; `class_names` replace (or
     supply) meta["CLASSES"]."""
-    state, meta = read_official_checkpoint(path)
-    if class_names is not None:
-        meta = {**meta, "CLASSES": tuple(class_names)}
+    state, meta = read_official_checkpoint(path, class_names)
     try:
         cfg = config_from_official_detector(state, meta, base)
     except KeyError as e:

@@ -16,7 +16,15 @@ import torch
 
 from ..config import ADE_SLIDE_512, ADE_SLIDE_640, DenseCLIPConfig
 from ..vocab import ADE20K_CLASSES
-from .common import BASELINE_TEXT_CFG, count, read_official_checkpoint, rename, resnet_tower, text_side
+from .common import (
+    BASELINE_TEXT_CFG,
+    class_names_for,
+    count,
+    read_official_checkpoint,
+    resnet_tower,
+    text_side,
+    translate_keys,
+)
 
 # The authors' segmentation key prefixes -> ours (first match wins).
 SEGMENTATION_KEYS = (
@@ -44,17 +52,6 @@ def _vit_tower(state: dict[str, torch.Tensor]) -> tuple[dict, int, str]:
                   "layers": count(state, r"backbone\.transformer\.resblocks\.(\d+)\.")}
     proj = int(state["backbone.proj"].shape[1]) if "backbone.proj" in state else 512
     return vision_cfg, proj, f"ViT-{'B' if width == 768 else 'custom'}-{patch}"
-
-
-def _class_names(num_classes: int, meta: dict, base: DenseCLIPConfig | None) -> tuple[str, ...]:
-    names = meta.get("CLASSES")
-    if names is None:
-        names = base.class_names if base is not None and len(base.class_names) == num_classes else \
-            ADE20K_CLASSES if num_classes == 150 else None
-    if names is None or len(names) != num_classes:
-        raise ValueError(f"the checkpoint has {num_classes} classes but no matching class names; "
-                         "pass class_names=[...]")
-    return tuple(names)
 
 
 def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = None,
@@ -87,36 +84,21 @@ def config_from_official(state: dict[str, torch.Tensor], meta: dict | None = Non
         name=f"official-{'denseclip' if prompt else 'fpn-clip'}-{name.lower()}", clip_model=name,
         clip_pretrained=None, clip_arch=arch, quick_gelu=True, backbone="clip",
         input_resolution=vision_cfg["image_size"], vit_official_cls=True,
-        class_names=_class_names(num_classes, meta or {}, base), score_concat_index=concat,
+        class_names=class_names_for(num_classes, meta or {}, base, ADE20K_CLASSES), score_concat_index=concat,
         neck_channels=state["neck.fpn_convs.0.conv.weight"].shape[0], head_channels=head_channels,
         prompt=prompt)
 
 
 def translate(state: dict[str, torch.Tensor], use_text: bool) -> dict[str, torch.Tensor]:
     """The authors' segmentation state dict under our key names (unused tensors dropped)."""
-    drop = UNUSED + (() if use_text else UNUSED_WITHOUT_TEXT)
-    out = {}
-    for key, tensor in state.items():
-        if key.startswith(drop):
-            continue
-        ours = rename(key, SEGMENTATION_KEYS)
-        if ours is None:
-            raise ValueError(f"unexpected tensor {key!r} in a DenseCLIP segmentation checkpoint")
-        out[ours] = tensor
-    return out
-
-
-def authors_name(key: str) -> str:
-    """Our key under the authors' name (for messages about their files)."""
-    return rename(key, SEGMENTATION_KEYS, reverse=True) or key
+    return translate_keys(state, SEGMENTATION_KEYS, UNUSED + (() if use_text else UNUSED_WITHOUT_TEXT),
+                          "segmentation")
 
 
 def load_official(path: str | Path, base: DenseCLIPConfig | None = None,
                   class_names: tuple[str, ...] | None = None) -> tuple[DenseCLIPConfig, dict]:
     """(config, state dict in our names) of an authors' segmentation checkpoint. `base` supplies what the
     tensors cannot tell (test pipeline, ViT taps); `class_names` replace (or supply) meta["CLASSES"]."""
-    state, meta = read_official_checkpoint(path)
-    if class_names is not None:  # before inferring the config: a checkpoint may carry no names
-        meta = {**meta, "CLASSES": tuple(class_names)}
+    state, meta = read_official_checkpoint(path, class_names)  # names first: a file may carry none
     cfg = config_from_official(state, meta, base)
     return cfg, translate(state, cfg.use_text)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import keep_ratio_size, load_image, normalize_image
+from ..data.images import load_image
+from ..data.transforms import keep_ratio_size, normalize_image
 from ..encoders.clip_resnet import CLIPResNetEncoder
 from ..encoders.clip_vit import CLIPViTEncoder
 from ..inference import slide as slide_inference

@@ -32,14 +32,15 @@ import torch
 
 from denseclip.checkpoints import save_checkpoint
 
+from .amp import Amp
 from .bn_stats import BatchNormReplay
 from .checkpoint import load_training_state, load_weights_into, rng_state, set_rng_state, write_checkpoint
 from .config import TrainConfig
 from .distributed import DistEnv, accumulation_steps, all_reduce_mean, barrier
 from .hub import recipe
 from .logger import RunLogger, peak_memory_mb, write_json
-from .optim import Amp, build_optimizer, set_lr
 from .sampling import step_seed
+from .schedule import build_optimizer, set_lr
 
 Losses = dict[str, torch.Tensor]
 

@@ -1,4 +1,4 @@
-"""A synthetic COCO-format detection dataset on disk, for tests, CI and tutorials.
+"""A synthetic COCO-format detection dataset on disk, for tests, CI and the tiny training configs.
 
 Each image shows one to three coloured shapes on a noisy grey background; the category decides the colour
 and the shape ("red box", "green ellipse", "blue box"), each shape sits in its own vertical slot so shapes do
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import TINY_DET_CLASSES
+from denseclip.config import TINY_DET_CLASSES
 
 CATEGORIES = (  # (id, name, RGB colour, shape)
     (3, TINY_DET_CLASSES[0], (220, 40, 40), "box"),

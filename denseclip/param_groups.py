@@ -27,3 +27,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mults: Map
         wd = 0.0 if (prefix is None and "norm" in name and not norm_decay) else weight_decay
         groups.setdefault((mult, wd), []).append(p)
     return [{"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": wd} for (m, wd), ps in groups.items()]
+
+
+def backbone_param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float = 0.1,
+                          norm_decay: bool = False) -> list[dict]:
+    """AdamW groups as the authors' recipe, the `param_groups` method of the segmentor and the detector: the
+    image encoder (and an unfrozen text encoder) at lr x backbone_lr_mult, no weight decay on parameters
+    whose names contain "norm" outside those (as mmcv), the rest at lr."""
+    at = next(name for name, m in model.named_modules() if hasattr(m, "encoder") and hasattr(m, "prompting"))
+    at = f"{at}." if at else ""  # where the encoder and the prompting live: "" or "detector.backbone."
+    mults = {f"{at}encoder.": backbone_lr_mult, f"{at}prompting.text_encoder.": backbone_lr_mult}
+    return param_groups(model, lr, weight_decay, mults, norm_decay)

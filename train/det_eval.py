@@ -5,7 +5,7 @@
 
 A metric COCO cannot compute is NaN, not 0: COCOeval's -1 means "no ground-truth objects of this size"
 (APs / APm / APl when the evaluated images hold no small, medium or large objects), which is an absent
-number, not a zero score. The JSON file writes it as NaN (Python's json reads it back).
+number, not a zero score; the JSON file writes it as null, as every JSON file of a run does.
 
 Under torchrun every rank runs its share of the loader (a DistributedSampler); the results are gathered,
 de-duplicated by image id (the sampler pads with repeats) and scored on rank 0, which returns the metrics and
@@ -18,13 +18,16 @@ import contextlib
 import io
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.ops import box_convert
+from tqdm.auto import tqdm
+
+from .engine.logger import write_json
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's
@@ -43,7 +46,7 @@ def detections_to_coco(detections: Sequence[dict], image_ids: Sequence[int], cat
         boxes = det["boxes"].detach().float().cpu()
         if boxes.numel() == 0:
             continue
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        xywh = box_convert(boxes, "xyxy", "xywh").tolist()
         scores, labels = det["scores"].tolist(), det["labels"].tolist()
         rles = None
         if with_masks:
@@ -94,12 +97,8 @@ def predict_dataset(model: torch.nn.Module, loader: Iterable, cat_ids: Sequence[
     was_training = model.training
     model.eval()
     results, seen = [], []
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc="eval", dynamic_ncols=True)
     try:
-        for images, targets in loader:
+        for images, targets in tqdm(loader, desc="eval", dynamic_ncols=True, disable=not progress):
             ids = [int(t["image_id"]) for t in targets]
             dets = model([im.to(device, non_blocking=True) for im in images])
             results += detections_to_coco(dets, ids, cat_ids, with_masks)
@@ -148,9 +147,6 @@ def evaluate_detector(model: torch.nn.Module, loader: Iterable, dataset, device:
     metrics["summary"] = "\n".join(summaries)
     if out_json is not None:
         out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_json.with_name(out_json.name + ".tmp")
-        tmp.write_text(json.dumps({**(extra or {}), **metrics}, indent=2), "utf-8")
-        os.replace(tmp, out_json)
+        write_json(out_json, {**(extra or {}), **metrics})
         out_json.with_name(out_json.stem + "_detections.json").write_text(json.dumps(results), "utf-8")
     return metrics
