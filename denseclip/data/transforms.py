@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from ..config import CLIP_MEAN, CLIP_STD
-from .images import load_image  # noqa: F401 - still imported from here by zeroshot, cli and notebook 01
 
 
 # mmcv's resize is cv2-based; we only need the same *size* arithmetic and bilinear resampling.
