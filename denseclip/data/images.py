@@ -145,7 +145,7 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
         return np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
     if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
         raise ValueError(f"integer image of dtype {arr.dtype} has values outside 0..255; convert it to uint8")
-    return arr.astype(np.uint8)
+    return arr.astype(np.uint8, copy=False)
 
 
 def _array_to_pil(arr: np.ndarray) -> Image.Image:
@@ -211,6 +211,9 @@ def load_image(image, max_side: int | None = None, limits: ImageLimits = IMAGE_L
             t = t[0]
         image = t.float().numpy() if t.is_floating_point() else t.numpy()
     if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3 and image.size and \
+                not (max_side and max(image.shape[:2]) > max_side):
+            return np.ascontiguousarray(image)  # already RGB uint8: no copy of a large picture
         return _pil_array(_array_to_pil(image), max_side, exif=False)
     raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image, numpy array "
                     "or tensor")
