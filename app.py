@@ -19,6 +19,7 @@ uploads up to a file size, read from their header first, decoded at most `max_si
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import tempfile
@@ -123,6 +124,19 @@ class NumberInput(gr.Slider):
 
 
 # ------------------------------------------------------------------------------------------- handlers
+def _malloc_trim():
+    """glibc's malloc_trim: give the memory a finished request freed back to the system (requests run in
+    many worker threads, whose malloc arenas otherwise keep their high-water mark). No-op elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return lambda: None
+    return lambda: libc.malloc_trim(0)
+
+
+release_memory = _malloc_trim()
+
+
 @contextmanager
 def visitor_errors(action: str) -> Iterator[None]:
     """A refused request's message as a toast (one log line); out of memory and bugs as a plain message
@@ -188,8 +202,11 @@ class Handlers:
         for note in seg.notes:
             if note.loud:
                 gr.Warning(toast(note.text))
-        return (str(out.segmentation), out.gallery, str(out.label_map), str(out.results),
-                status_line(seg, out), out.state)
+        answer = (str(out.segmentation), out.gallery, str(out.label_map), str(out.results),
+                  status_line(seg, out), out.state)
+        del seg, out
+        release_memory()
+        return answer
 
     def detect(self, image, model=None, threshold=detection.DEFAULT_THRESHOLD, progress=gr.Progress()):
         """Find the objects a DenseCLIP detector knows in `image`: boxes with class names and scores (and
@@ -212,7 +229,10 @@ class Handlers:
                                    progress=lambda fraction, desc: progress(fraction, desc=desc))
             out = render_detections(det, folder)
         self.folders.account(folder)
-        return str(out.picture), str(out.results), detection_status(det, out), out.rows
+        answer = str(out.picture), str(out.results), detection_status(det, out), out.rows
+        del det, out
+        release_memory()
+        return answer
 
     def check_upload(self, path, verb: str = "segmented"):
         try:
@@ -353,7 +373,8 @@ def _run_events(trigger, handlers: Handlers, ui: SimpleNamespace, api: bool):
 
 def _wire_segment(ui: SimpleNamespace, handlers: Handlers) -> None:
     """The Segment tab's events: the run (the public /segment endpoint), then what a result offers."""
-    ui.state, saved_text, ui.refine_state = gr.State(None), gr.State(""), gr.State(False)
+    # a result is reopened from its files, which live an hour at most: so does its state
+    ui.state, saved_text, ui.refine_state = gr.State(None, time_to_live=3600), gr.State(""), gr.State(False)
     _run_events(ui.run.click, handlers, ui, api=True)
     for examples in ui.examples.values():
         _run_events(examples.load_input_event.then, handlers, ui, api=False)

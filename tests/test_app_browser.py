@@ -163,8 +163,8 @@ def test_desktop_read_the_result(browser, tmp_path):
     legend = [t.strip() for t in page.locator("#coverage-output .dc-name").all_inner_texts()]
     assert sorted(legend) == sorted(NAMES)  # every class, those at 0% too
     assert "Share of the picture's pixels" in page.inner_text("#coverage-output")
-    page.wait_for_function("document.querySelectorAll('#scoremaps-output .thumbnail-item img').length === 5")
-    assert "% of pixels" in page.inner_text("#scoremaps-output")
+    page.wait_for_function("document.querySelectorAll('#scoremaps-output .thumbnail-item img').length === 4")
+    assert "% of pixels" in page.inner_text("#scoremaps-output")  # the first maps; any other one on demand
     page.locator("#segmentation-output img").click(position={"x": 300, "y": 200})  # what is here?
     page.wait_for_function("document.querySelector('#pixel-readout').innerText.startsWith('At (')")
     readout = page.inner_text("#pixel-readout")
@@ -183,7 +183,7 @@ def test_desktop_read_the_result(browser, tmp_path):
 def test_the_enlarged_score_map_opens_where_the_visitor_looks(browser, size):
     page = open_page(browser, size)
     run(page)
-    thumb = page.locator("#scoremaps-output .thumbnail-item").nth(4)
+    thumb = page.locator("#scoremaps-output .thumbnail-item").nth(3)
     thumb.scroll_into_view_if_needed()
     thumb.click()
     page.wait_for_timeout(500)
@@ -258,7 +258,7 @@ def test_dark_mode_follows_the_page(browser, tmp_path):
 def test_every_score_map_is_reachable(browser):
     page = open_page(browser)
     run(page, names=", ".join(f"thing {i}" for i in range(14)) + ", last one")
-    page.wait_for_function("document.querySelectorAll('#scoremaps-output .thumbnail-item img').length === 6")
+    page.wait_for_function("document.querySelectorAll('#scoremaps-output .thumbnail-item img').length === 4")
     page.locator("#scoremap-class input").click()
     page.get_by_role("option", name="last one").click()
     page.wait_for_function("document.querySelector('#scoremaps-output').innerText.includes('last one ·')")

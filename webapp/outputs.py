@@ -39,7 +39,7 @@ from .drawing import draw_segmentation, hex_color, label_points
 from .pipeline import Segmentation
 from .scoremaps import faint_photo, panel_size, score_panel, value_range
 
-FIRST_MAPS = 6  # score maps drawn per request (largest coverage first); any other one on demand
+FIRST_MAPS = 4  # score maps drawn per request (largest coverage first); any other one on demand
 LABEL_MAP_MAX_PIXELS = 25_000_000  # the label map is written at the upload's size up to this
 JPEG = {"quality": 90, "subsampling": 0}  # photo-like pictures (full colour resolution: thin lines, text)
 RUNS = "denseclip-runs"  # folder of the run folders, inside `base`
