@@ -24,7 +24,7 @@ def _zero_shot(args):
         from .config import TINY_RN_ARCH
 
         clip = create_clip("tiny", None, arch=TINY_RN_ARCH)
-        zs = ZeroShotSegmenter(clip, "tiny", is_random=True, **options)
+        zs = ZeroShotSegmenter(clip, "tiny", pretrained=None, **options)
     else:
         zs = ZeroShotSegmenter.from_pretrained(args.model, args.pretrained, **options)
     print(zs.describe(), file=sys.stderr)

@@ -85,35 +85,46 @@ def clip_weights_file(model_name: str, tag: str) -> Path:
 
 
 def load_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """State dict of a CLIP checkpoint file: safetensors, torch (weights_only) or OpenAI TorchScript."""
+    """State dict of a CLIP checkpoint file: OpenAI's TorchScript archive, else open_clip's own reader
+    (safetensors, or torch with weights_only, "state_dict" and "module." unwrapped)."""
+    from open_clip.factory import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             is_jit = any(n.endswith("constants.pkl") for n in z.namelist())
-        if is_jit:  # OpenAI's RN50.pt etc. are TorchScript archives (no pickle of Python objects)
+        if is_jit:  # OpenAI's RN50.pt etc. (torch.load refuses TorchScript with weights_only)
             sd = torch.jit.load(str(path), map_location="cpu").state_dict()
             skip = ("input_resolution", "context_length", "vocab_size")
             return {k: v.float() for k, v in sd.items() if k not in skip}
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(ckpt, dict) and "state_dict" in ckpt:
-        ckpt = ckpt["state_dict"]
-    return {k.removeprefix("module."): v for k, v in ckpt.items()}
+    return load_state_dict(str(path))
+
+
+def quick_gelu_for(model_name: str, arch: dict, pretrained: str | None) -> bool:
+    """Whether a CLIP uses QuickGELU, as open_clip decides it: the model config's own `quick_gelu` (the
+    "-quickgelu" models), else the pretrained tag's entry (OpenAI's weights: True; most LAION ones: none,
+    so False); weights from a file or random weights: True, OpenAI's activation."""
+    import open_clip
+
+    if "quick_gelu" in arch:
+        return bool(arch["quick_gelu"])
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+    if tag_cfg:
+        return bool(tag_cfg.get("quick_gelu", False))
+    return True
 
 
 def create_clip(model_name: str, pretrained: str | None = None, arch: dict | None = None,
-                quick_gelu: bool = True) -> nn.Module:
-    """An open_clip CLIP model (fp32, eval mode, on CPU).
+                quick_gelu: bool | None = None) -> nn.Module:
+    """An open_clip CLIP model (fp32, eval mode, on CPU): the one place a CLIP is built.
 
     model_name: open_clip name ("RN50", "ViT-B-16", ...); arch: an explicit open_clip config instead
     (embed_dim, vision_cfg, text_cfg) for tiny models. pretrained: None (random weights), an open_clip
     tag ("openai") or a local checkpoint file. Tags are served from DENSECLIP_WEIGHTS_DIR, the Hub cache,
     or the Hub; when none has them a WeightsUnavailableError explains what to do, within seconds.
+    quick_gelu: None decides it as open_clip does (`quick_gelu_for`).
     """
     import open_clip
 
@@ -124,13 +135,15 @@ def create_clip(model_name: str, pretrained: str | None = None, arch: dict | Non
         if arch.get("custom_text") or "hf_model_name" in arch.get("text_cfg", {}):
             raise ValueError(f"{model_name} has a custom text tower; DenseCLIP needs CLIP's own "
                              "(RN50, ViT-B-16, ...)")
-    path = None
+    path = tag = None
     if pretrained:  # find the weights before building: a missing file fails in seconds, not after a build
         path = Path(pretrained)
         if not path.is_file():
             if path.suffix in WEIGHT_SUFFIXES or os.sep in pretrained:
                 raise FileNotFoundError(f"CLIP weights file not found: {pretrained}")
-            path = clip_weights_file(model_name, pretrained)
+            tag, path = pretrained, clip_weights_file(model_name, pretrained)
+    if quick_gelu is None:
+        quick_gelu = quick_gelu_for(model_name, arch, tag)
     arch = {k: v for k, v in copy.deepcopy(arch).items() if k not in ("custom_text", "quick_gelu")}
     model = open_clip.CLIP(**arch, quick_gelu=quick_gelu)
     if path is not None:

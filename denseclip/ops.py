@@ -24,8 +24,10 @@ def score_maps(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-              need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Multi-head attention of projected, batch-first tokens q (B, N, C), k and v (B, M, C).
+              need_weights: bool = False, bias: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head softmax(q k^T / sqrt(d) + bias) v of projected, batch-first tokens q (B, N, C), k and v
+    (B, M, C); bias (N, M) or broadcastable to (B, heads, N, M) is added to the logits.
 
     Returns the heads' outputs concatenated (B, N, C) and, with need_weights, the attention
     weights (B, heads, N, M) (computed explicitly; otherwise fused scaled_dot_product_attention).
@@ -34,9 +36,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
         return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
     q, k, v = split(q), split(k), split(v)
+    bias = None if bias is None else bias.to(q.dtype)
     if need_weights:
-        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        weights = (logits if bias is None else logits + bias).softmax(dim=-1)
         out = weights @ v
     else:
-        weights, out = None, F.scaled_dot_product_attention(q, k, v)
+        weights, out = None, F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return out.transpose(1, 2).flatten(2), weights

@@ -14,7 +14,7 @@ from PIL import Image
 
 import denseclip
 from denseclip.zeroshot import BACKGROUND
-from webapp import compat, drawing, likeness, outputs, pipeline, results
+from webapp import drawing, likeness, outputs, pipeline, results
 from webapp.catalog import TINY_DC, TINY_ZS, default_specs
 from webapp.errors import UserError
 from webapp.models import ModelRegistry
@@ -316,14 +316,14 @@ def test_find_more_like_this(registry, result, monkeypatch):
     norms = np.linalg.norm(emb.astype(np.float32), axis=0)
     assert emb.dtype == np.float16 and np.allclose(norms, 1, atol=1e-2)  # unit length, float16
     net = registry.get(registry.resolve(state["model"]))
-    x = net.working_image(np.load(Path(state["folder"]) / "image.npy"))
-    grid = (-(-x.shape[2] // net.stride), -(-x.shape[3] // net.stride))  # the cells covering the image
+    x = net.working_image(np.load(Path(state["folder"]) / "image.npy"), net.defaults.size)
+    grid = (-(-x.shape[2] // 16), -(-x.shape[3] // 16))  # the ViT's patches covering the image
     assert emb.shape == (net.clip.visual.output_dim, *grid)
 
     def no_model(*args, **kwargs):
         raise AssertionError("the embeddings are kept with the result")
 
-    monkeypatch.setattr(compat, "dense_embeddings", no_model)
+    monkeypatch.setattr(likeness, "dense_embeddings", no_model)
     path2, _ = likeness.similar_regions(registry, state, 50, 40)  # the second click reads them
     assert Path(path2).is_file() and path2 != path
     with pytest.raises(UserError, match="inside the picture"):

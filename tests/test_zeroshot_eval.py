@@ -22,7 +22,7 @@ from denseclip.data import (
     peer_class_names,
 )
 from denseclip.data.peer_names import BACKGROUND_WORDS, DATASETS, PEERS
-from denseclip.render import BACKGROUND
+from denseclip.zeroshot import BACKGROUND
 from train import eval_zeroshot as ez
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,23 +151,30 @@ def test_protocols_are_the_peers_configs():
 
 
 # ------------------------------------------------------------------------------------------ harness
-def test_harness_segment_is_the_librarys_predict(data):
-    """The benchmark measures what predict() serves: same windows, thresholds and synonyms."""
+@pytest.mark.parametrize("pamr", [0, 10])
+def test_harness_segment_is_the_librarys_predict(data, pamr):
+    """The benchmark measures what predict() serves: same windows, thresholds, synonyms and PAMR."""
     clip, name = ez.build_clip(ez.parse_args(["--tiny"]))
-    zs = ez.ZeroShotSegmenter(clip, name, method="sclip", templates="single", logit_scale=30.0)
+    zs = ez.ZeroShotSegmenter(clip, name, method="sclip", templates="single", logit_scale=30.0,
+                              pamr_steps=pamr)
     ds = PascalVOCDataset(data)
     classes = dict(zip(ds.class_names[1:], peer_class_names("sclip", "voc21")[1:]))
     sample = ds[0]
     options = {"background": list(BACKGROUND_WORDS), "size": 48, "max_long_side": 2048, "slide": (32, 16),
                "antialias": False}
     best = zs.predict(sample["image"], classes, **options).probs.amax(0)
-    thr = float(best.median()) + 1e-4  # some pixels below, none at it
+    vals = best.flatten().sort().values
+    i = len(vals) // 2
+    while vals[i + 1] - vals[i] <= 2e-5:
+        i += 1
+    thr = float(vals[i] + vals[i + 1]) / 2  # some pixels below, none at it
     assert ((best - thr).abs() > 1e-5).all()
     r = zs.predict(sample["image"], classes, threshold=thr, background_on="prob", **options)
     cq = ez.build_queries({"background": BACKGROUND_WORDS, **classes})
     text = zs.encode_text(cq.texts, "single")[list(cq.text_index)]
     rule = ez.LabelRule(cq.num_classes, cq.class_tensor(), thr, "prob", 30.0)
-    got = ez.segment(zs, sample["image"], text, rule, ez.Protocol(48, 32, 16, 30.0, thr))
+    opts = zs.options(size=48, max_long_side=2048, slide=(32, 16))
+    got = ez.segment(zs, sample["image"], text, rule, opts)
     expect = torch.where(r.labels == BACKGROUND, 0, r.labels + 1)
     got = torch.where(got == BACKGROUND, 0, got)
     assert (got == 0).any() and (got > 0).any() and torch.equal(got, expect)

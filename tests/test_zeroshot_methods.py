@@ -18,14 +18,16 @@ from denseclip.clip import WEIGHTS_DIR_ENV
 from denseclip.config import CLIP_MEAN, CLIP_STD, TINY_VIT_ARCH
 from denseclip.encoders.base import resize_pos_embed
 from denseclip.hub import WeightsUnavailableError
-from denseclip.render import BACKGROUND, LabelRule, render_with_area
 from denseclip.zeroshot import (
+    BACKGROUND,
     METHODS,
+    LabelRule,
     ZeroShotSegmenter,
     build_queries,
     create_proxy,
     describe_methods,
     feature_surgery,
+    labels_from_maps,
     neighbourhood_bias,
     pamr,
     training_free_block,
@@ -153,20 +155,29 @@ def test_neighbourhood_bias_is_nacplips_gaussian(h, w, std):
     assert torch.diagonal(got)[1:].eq(1).all()
 
 
-@pytest.mark.parametrize("kind", ["naclip", "gav", "nonly"])
-def test_naclip_strategies_by_definition(clip, kind):
+@pytest.mark.parametrize("kind", ["naclip", "nonly"])
+def test_naclip_strategies_equal_its_released_code(clip, kind):
+    """NACLIP's custom_attn, one image at a time as its segmentor runs: "naclip" adds the Gaussian window to
+    k k^T * scale; "nonly" replaces the logits by the window times scale * mean(|q_i| |k_j|), the mean over
+    the image's heads and token pairs (one number per image)."""
     blk = clip.visual.transformer.resblocks[-1]
     x, n = torch.randn(2, 1 + 12, 32), blk.attn.num_heads
     bias = neighbourhood_bias(3, 4, 5.0)
     with torch.no_grad():
-        q, k, v = (_heads(t, n) for t in _qkv(blk, x))
-        scale = (32 // n) ** -0.5
-        norms = q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :] * scale
-        logits = {"naclip": k @ k.transpose(-1, -2) * scale + bias,
-                  "gav": q @ k.transpose(-1, -2) * scale + bias * norms, "nonly": bias * norms}[kind]
-        ref = _merge(logits.softmax(-1) @ v) @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
         got = training_free_block(blk, x, kind, bias=bias)
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        for i in range(2):
+            q, k, v = (_heads(t, n)[0] for t in _qkv(blk, x[i:i + 1]))  # (heads, N, d)
+            scale = (32 // n) ** -0.5
+            if kind == "naclip":
+                logits = k @ k.transpose(-1, -2) * scale + bias
+            else:
+                pairs = torch.einsum("hop,hPO->hpP", q.norm(dim=2)[:, None], k.norm(dim=2)[:, :, None])
+                logits = torch.zeros(n, 13, 13) + bias * (scale * pairs.mean().item())
+            out = (logits.softmax(-1) @ v).transpose(0, 1).reshape(1, 13, 32)
+            ref = out @ blk.attn.out_proj.weight.T + blk.attn.out_proj.bias
+            torch.testing.assert_close(got[i:i + 1], ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _zs(clip, attention="gav")  # NACLIP's first release; its current code has no "gav"
 
 
 def test_naclip_dense_equals_its_released_forward(clip):
@@ -201,6 +212,17 @@ def test_sclip_dense_keeps_residual_and_ffn(clip):
 
 
 # ------------------------------------------------------------------------------------ CLIP Surgery
+def _authors_feature_surgery(image_features, text, redundant=None):
+    """CLIP Surgery's clip_feature_surgery: image_features (B, 1 + N, C) normalised, the class token first;
+    the class weights come from the class token's similarities, once per image."""
+    if redundant is not None:
+        return image_features @ (text - redundant).T
+    prob = (image_features[:, :1] @ text.T * 2).softmax(-1)
+    w = prob / prob.mean(-1, keepdim=True)
+    feats = image_features[:, :, None] * text[None, None] * w.reshape(image_features.shape[0], 1, -1, 1)
+    return (feats - feats.mean(2, keepdim=True)).sum(-1)  # (B, 1 + N, K)
+
+
 def test_clip_surgery_dual_path_and_feature_surgery_equal_the_authors(clip):
     zs = _zs(clip, method="clip_surgery", surgery_blocks=2)
     x = torch.randn(2, 3, 64, 64)
@@ -213,25 +235,29 @@ def test_clip_surgery_dual_path_and_feature_surgery_equal_the_authors(clip):
             q, k, v = (_heads(a, blk.attn.num_heads) for a in _qkv(blk, ori))
             vv = blk.attn.out_proj(_merge((v @ v.transpose(-1, -2) * v.shape[-1] ** -0.5).softmax(-1) @ v))
             new, ori = new + vv, blk(ori)
-        new = torch.cat([ori[:, :1], new[:, 1:]], dim=1)
-        feats = F.normalize(clip.visual.ln_post(new) @ clip.visual.proj, dim=-1)[:, 1:]  # (B, N, C)
-        prob = (2 * feats @ text.T).softmax(-1)
-        w = prob / prob.mean(-1, keepdim=True)
-        fe = feats[:, :, None] * text[None, None] * w[..., None]
-        ref = (fe - fe.mean(2, keepdim=True)).sum(-1)  # (B, N, K)
-        got, _ = zs._score_maps(x, text)
-    torch.testing.assert_close(got.flatten(2).transpose(1, 2), ref, atol=1e-5, rtol=1e-4)
-    with torch.no_grad():
+        new = torch.cat([ori[:, :1], new[:, 1:]], dim=1)  # the authors' x[0] = x_ori[0]
+        feats = F.normalize(clip.visual.ln_post(new) @ clip.visual.proj, dim=-1)
+        ref = _authors_feature_surgery(feats, text)[:, 1:]  # (B, N, K)
+        got, _ = zs._score_maps(x, text, zs.options())
+        torch.testing.assert_close(got.flatten(2).transpose(1, 2), ref, atol=1e-6, rtol=1e-4)
+        per_pixel = feats[:, 1:] @ text.T  # what the per-pixel weighting computed: not the authors'
+        w = 5 * (2 * per_pixel).softmax(-1)
+        assert ((w * per_pixel - (w * per_pixel).mean(-1, keepdim=True)) - ref).abs().max() > 1e-3
+        empty = F.normalize(torch.randn(1, 32), dim=-1)  # one class: the empty prompt's similarity removed
+        got1, _ = zs._score_maps(x, text[:1], zs.options(), redundant=empty)
+        ref1 = _authors_feature_surgery(feats, text[:1], empty)[:, 1:]
+        torch.testing.assert_close(got1.flatten(2).transpose(1, 2), ref1, atol=1e-6, rtol=1e-4)
         _, g = zs.dense_embeddings(x, return_global=True)
         torch.testing.assert_close(g, clip.encode_image(x), atol=1e-5, rtol=1e-5)  # the original path is CLIP
 
 
 def test_feature_surgery_by_hand():
-    s = torch.tensor([0.2, 0.5, 0.1]).view(1, 3, 1, 1)
-    w = 3 * torch.softmax(2 * s, dim=1)
-    torch.testing.assert_close(feature_surgery(s), w * s - (w * s).mean(1, keepdim=True))
+    s = torch.tensor([0.2, 0.5, 0.1]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    cls = torch.tensor([[0.4, 0.0, 0.1]])
+    w = 3 * torch.softmax(2 * cls, dim=1).view(1, 3, 1, 1)
+    torch.testing.assert_close(feature_surgery(s, cls), w * s - (w * s).mean(1, keepdim=True))
     one = torch.full((1, 1, 2, 2), 0.3)
-    got = feature_surgery(one, torch.full((1, 1, 2, 2), 0.1))
+    got = feature_surgery(one, redundant=torch.full((1, 1, 2, 2), 0.1))
     torch.testing.assert_close(got, torch.full((1, 1, 2, 2), 0.2))
 
 
@@ -267,7 +293,7 @@ def test_proxyclip_dense_equals_its_released_forward(clip, patch):
         out = blk.attn.out_proj((a @ v).transpose(0, 1).reshape(1, hp * hp, -1))
         ref = _project(clip, out, (hp, hp))
         torch.testing.assert_close(zs.dense_embeddings(x), ref, atol=1e-5, rtol=1e-5)
-    assert zs.stride == patch and zs.pad_to == 16
+    assert zs._grid(zs.options()) == (patch, 16)  # maps at the proxy grid, input padded to both patches
     r = zs.predict(np.zeros((30, 50, 3), np.uint8), ["sky", "tree"])  # a flat image: every similarity equal
     assert torch.isfinite(r.scores).all() and r.labels.shape == (30, 50)  # no empty (all -inf) attention row
 
@@ -348,12 +374,47 @@ def test_pamr_by_hand_flat_image_averages_the_16_neighbours_and_edges_stop_it():
         pamr(img, maps[..., :30], 1)
 
 
-def test_pamr_after_any_method_refines_at_the_working_size(clip):
-    img = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    plain, refined = _zs(clip, method="sclip"), _zs(clip, method="sclip", pamr_steps=10)
-    a, b = plain.predict(img, ["sky", "tree", "road"]), refined.predict(img, ["sky", "tree", "road"])
-    assert b.info["pamr_steps"] == 10 and (a.scores - b.scores).abs().max() > 1e-4
-    assert torch.equal(b.labels, b.scores.argmax(0))
+def test_pamr_in_predict_runs_at_the_image_size_as_naclip(clip):
+    """NACLIP's predict: the windows' maps at the working size, upsampled (bilinear) to the image's size, then
+    PAMR there on the working image upsampled the same way (the kernel formulation above as reference)."""
+    img = np.random.default_rng(1).integers(0, 256, (45, 67, 3), dtype=np.uint8)
+    names = ["sky", "tree", "road"]
+    zs = _zs(clip, method="naclip")
+    r = zs.predict(img, names, pamr_steps=10, slide=(32, 16))
+    opts = zs.options(slide=(32, 16))
+    with torch.no_grad():
+        x = zs.working_image(img, 64)
+        maps, _ = zs.image_maps(x, zs.encode_text(names), opts)
+        assert maps.shape[1:] == x.shape[2:] == (64, 95)
+        full = F.interpolate(maps[None], size=(45, 67), mode="bilinear", align_corners=False)
+        image = F.interpolate(x, size=(45, 67), mode="bilinear", align_corners=False)
+        ref = _pamr_by_kernels(image, full, 10, (8, 16))[0]
+        at_working = F.interpolate(_pamr_by_kernels(x, maps[None], 10, (8, 16)), size=(45, 67),
+                                   mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(r.scores, ref, atol=1e-6, rtol=1e-4)
+    assert (at_working - ref).abs().max() > 1e-3 * ref.abs().max()  # the order matters
+    assert r.info["pamr_steps"] == 10 and torch.equal(r.labels, r.scores.argmax(0))
+
+
+def test_maskclip_vit_resizes_the_positional_embedding_bicubically_as_maskclip(clip):
+    """MaskCLIP's ViT (mmseg's resize_pos_embed, interpolate_mode='bicubic'): the grid resized by size,
+    bicubic, no antialias; then the value path with the residual and FFN kept."""
+    zs = _zs(clip, method="maskclip")
+    x = torch.randn(1, 3, 64, 96)
+    v = clip.visual
+    with torch.no_grad():
+        grid = v.positional_embedding[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(4, 6), mode="bicubic", align_corners=False)
+        pos = torch.cat([v.positional_embedding[:1], grid[0].flatten(1).T])
+        t = v.conv1(x).flatten(2).transpose(1, 2)
+        t = v.ln_pre(torch.cat([v.class_embedding.expand(1, 1, -1), t], dim=1) + pos)
+        for blk in v.transformer.resblocks[:-1]:
+            t = blk(t)
+        blk = v.transformer.resblocks[-1]
+        t = t + blk.attn.out_proj(list(_qkv(blk, t))[2])
+        t = t + blk.mlp(blk.ln_2(t))
+        torch.testing.assert_close(zs.dense_embeddings(x), _project(clip, t[:, 1:], (4, 6)), atol=1e-5,
+                                   rtol=1e-5)
 
 
 # ----------------------------------------------------------------------- synonyms and the peers' rules
@@ -381,7 +442,7 @@ def test_synonyms_probability_and_area_rules_equal_sclips_postprocess(area):
     assert cq.query_class == (0, 0, 0, 1, 2, 2, 3) and cq.names == tuple(classes)
     logits = torch.rand(7, 30, 40, generator=g) * 0.3
     rule = LabelRule(4, cq.class_tensor(), 0.4, "prob", 65.0, area, background_class=0)
-    got = render_with_area(logits, (30, 40), (30, 40), rule)
+    got = labels_from_maps(logits, (30, 40), (30, 40), rule)
     got[got == BACKGROUND] = 0  # the dataset's background class
     assert torch.equal(got, _sclip_postprocess(logits, cq.query_class, 65.0, 0.4, area))
 

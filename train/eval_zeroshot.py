@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from denseclip.data import (
     ADE20KDataset,
@@ -45,8 +44,16 @@ from denseclip.data import (
     peer_class_names,
 )
 from denseclip.metrics import SegMetric
-from denseclip.render import BACKGROUND, LabelRule, render_with_area, upsample
-from denseclip.zeroshot import METHODS, ZeroShotSegmenter, build_queries, pamr
+from denseclip.zeroshot import (
+    BACKGROUND,
+    METHODS,
+    LabelRule,
+    PredictOptions,
+    ZeroShotSegmenter,
+    build_queries,
+    labels_from_maps,
+    upsample,
+)
 
 ORDER = ("voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff")
 TITLES = {"voc21": "VOC21", "context60": "PC60", "coco_object": "Object", "voc20": "VOC20",
@@ -102,20 +109,20 @@ def _identity(sample):
 
 
 @torch.no_grad()
-def segment(zs: ZeroShotSegmenter, rgb, text: torch.Tensor, rule: LabelRule, p: Protocol) -> torch.Tensor:
-    """One image (H, W, 3) uint8 -> labels (H, W) by the protocol (BACKGROUND where thresholded)."""
+def segment(zs: ZeroShotSegmenter, rgb, text: torch.Tensor, rule: LabelRule,
+            opts: PredictOptions) -> torch.Tensor:
+    """One image (H, W, 3) uint8 -> labels (H, W) by the protocol (BACKGROUND where thresholded): the
+    working image (mmcv-style resize, no antialias), sliding windows, the maps upsampled to the label size
+    (and refined there with PAMR, as SCLIP and NACLIP), then the labels."""
     h, w = rgb.shape[:2]
-    x = zs.working_image(rgb, p.short_side, 2048, antialias=False)
-    maps, extent = zs.image_maps(x, text, slide=(p.crop, p.stride), refine=False)
-    full = upsample(maps, (h, w), extent)
-    if zs.cfg.pamr_steps:  # at the label size, on the working image upsampled to it (as SCLIP, NACLIP)
-        image = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        full = pamr(image, full[None], zs.cfg.pamr_steps, zs.cfg.pamr_dilations)[0]
-    return render_with_area(full, (h, w), (h, w), rule)
+    x = zs.working_image(rgb, opts.size, opts.max_long_side, antialias=False)
+    maps, extent = zs.image_maps(x, text, opts)
+    full = zs.refine(x, maps, extent, (h, w), opts) if opts.pamr_steps else upsample(maps, (h, w), extent)
+    return labels_from_maps(full, (h, w), (h, w), rule)
 
 
-def evaluate(zs: ZeroShotSegmenter, dataset, key: str, peer: str, args) -> dict:
-    """mmseg's metrics of one method on one dataset, and the protocol and time it took."""
+def evaluate(zs: ZeroShotSegmenter, opts: PredictOptions, dataset, key: str, peer: str, args) -> dict:
+    """mmseg's metrics of one method (`opts`) on one dataset, and the protocol and time it took."""
     from tqdm import tqdm
 
     p = protocol(peer, key)
@@ -123,9 +130,10 @@ def evaluate(zs: ZeroShotSegmenter, dataset, key: str, peer: str, args) -> dict:
         p = replace(p, short_side=args.short_side)
     if args.window:
         p = replace(p, crop=args.window[0], stride=args.window[1])
+    opts = opts.replace(size=p.short_side, max_long_side=2048, slide=(p.crop, p.stride))
     queries = peer_class_names(peer, key)
     cq = build_queries(dict(zip(dataset.class_names, queries)))
-    text = zs.encode_text(cq.texts, args.templates)[list(cq.text_index)]
+    text = zs.encode_text(cq.texts, opts.templates)[list(cq.text_index)]
     rule = LabelRule(cq.num_classes, cq.class_tensor(), p.prob_threshold or None, "prob", p.logit_scale,
                      p.area_threshold, background_class=0 if key in WITH_BACKGROUND else None)
     metric = SegMetric(dataset.num_classes, ignore_index=dataset.ignore_index,
@@ -134,9 +142,9 @@ def evaluate(zs: ZeroShotSegmenter, dataset, key: str, peer: str, args) -> dict:
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=None,
                                          num_workers=args.workers, collate_fn=_identity)
     t0 = time.perf_counter()
-    for sample in tqdm(loader, total=n, desc=f"{zs.method}{'+pamr' if zs.cfg.pamr_steps else ''} {key}",
+    for sample in tqdm(loader, total=n, desc=f"{opts.method}{'+pamr' if opts.pamr_steps else ''} {key}",
                        disable=args.quiet, file=sys.stderr, dynamic_ncols=True, mininterval=2.0):
-        labels = segment(zs, sample["image"], text, rule, p).cpu()
+        labels = segment(zs, sample["image"], text, rule, opts).cpu()
         labels[labels == BACKGROUND] = 0 if key in WITH_BACKGROUND else dataset.ignore_index
         metric.update(labels, torch.as_tensor(sample["label"]))
     res = metric.compute()
@@ -152,10 +160,7 @@ def build_clip(args):
 
         torch.manual_seed(0)
         return create_clip("tiny", None, arch=TINY_VIT_ARCH), "tiny"
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(args.model, args.pretrained) if args.pretrained else {}
-    return create_clip(args.model, args.pretrained, quick_gelu=bool(cfg.get("quick_gelu", True))), args.model
+    return create_clip(args.model, args.pretrained), args.model  # QuickGELU as open_clip's config says
 
 
 def tiny_proxy():
@@ -165,17 +170,12 @@ def tiny_proxy():
                              dynamic_img_size=True).eval()
 
 
-def segmenter(clip, name: str, spec: str, args) -> ZeroShotSegmenter:
+def method_options(spec: str, args) -> PredictOptions:
+    """'naclip' or 'naclip+pamr' -> the options of that method (the peers' 80 templates by default)."""
     method, _, extra = spec.partition("+")
     if extra not in ("", "pamr") or method not in METHODS:
         raise SystemExit(f"unknown method {spec!r}: choose from {sorted(METHODS)}, optionally with '+pamr'")
-    options = {"method": method, "pamr_steps": 10 if extra else 0, "templates": args.templates,
-               "autocast_dtype": args.autocast, "proxy_model": args.proxy_model,
-               "proxy_weights": args.proxy_weights}
-    proxy = tiny_proxy() if args.tiny and method == "proxyclip" else None
-    zs = ZeroShotSegmenter(clip, name, proxy=proxy, is_random=args.tiny, pretrained=args.pretrained,
-                           **options)
-    return zs.to(args.device)
+    return PredictOptions(method=method, pamr_steps=10 if extra else 0, templates=args.templates)
 
 
 def table(results: dict, methods: list[str], datasets: list[str]) -> str:
@@ -213,7 +213,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--proxy-weights", default="timm",
                    help="'timm' (weights folder or the Hub) or a local file")
     p.add_argument("--max-images", type=int, default=None, help="the first N images of each dataset")
-    p.add_argument("--autocast", default=None, choices=[None, "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the weights' dtype (bfloat16 / float16: faster on GPUs; the scores stay float32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--out", default="work_dirs/zeroshot", help="folder for results.json and results.md")
@@ -236,12 +237,15 @@ def main(argv=None) -> dict:
         folders[key] = Path(path)
     datasets = {k: BENCHMARKS[k][1](folders[k]) for k in args.datasets}  # a missing one fails before any work
     clip, name = build_clip(args)
+    proxy = tiny_proxy() if args.tiny and any(m.startswith("proxyclip") for m in args.methods) else None
+    zs = ZeroShotSegmenter(clip, name, pretrained=args.pretrained, proxy=proxy, proxy_model=args.proxy_model,
+                           proxy_weights=args.proxy_weights).to(args.device, getattr(torch, args.dtype))
     results: dict = {}
-    for spec in args.methods:
-        zs = segmenter(clip, name, spec, args)
-        print(zs.describe(), file=sys.stderr)
-        peer = peer_of(zs.method) if args.protocol == "auto" else args.protocol
-        results[spec] = {k: evaluate(zs, ds, k, peer, args) for k, ds in datasets.items()}
+    for spec in args.methods:  # one CLIP tower, every method
+        opts = method_options(spec, args)
+        print(zs.describe(opts), file=sys.stderr)
+        peer = peer_of(opts.method) if args.protocol == "auto" else args.protocol
+        results[spec] = {k: evaluate(zs, opts, ds, k, peer, args) for k, ds in datasets.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = table(results, args.methods, args.datasets)

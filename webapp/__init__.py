@@ -17,7 +17,6 @@ list, one request, the files it writes, and the messages visitors read.
 - examples.py   the examples: public-domain photos, and toy-world scenes for the offline model
 - hub.py        Hub checkpoints named by visitors: operator allow-list, visitor messages
 - models.py     what a visitor may name, one loaded model per backbone, availability, load locks
-- compat.py     the library's ZeroShotSegmenter calls (until per-call methods land)
 - pipeline.py   one request: checks, image, model, zero-shot or DenseCLIP prediction; text warm-up
 - detection.py  one detection request (the Detect tab): checks, detector, boxes / masks, picture, JSON
 - drawing.py    class names on the picture; boxes, tags and masks of detections

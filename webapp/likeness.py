@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import ImageDraw
 
-from . import compat
 from .errors import UserError
 from .models import ModelRegistry
 from .outputs import JPEG
@@ -27,6 +26,7 @@ from .results import load
 from .scoremaps import faint_photo, panel_size, score_panel
 
 EMBEDDINGS = "embeddings.npy"
+PAD_TO = 32  # the image is padded to a multiple of this (CLIP ViTs' patches, ResNets' stride)
 
 
 def embeddings(registry: ModelRegistry, state: dict) -> np.ndarray:
@@ -37,13 +37,24 @@ def embeddings(registry: ModelRegistry, state: dict) -> np.ndarray:
     spec = registry.resolve(state["model"])
     if spec.kind != "zeroshot":
         raise UserError("Finding similar regions works with the zero-shot models (CLIP) only.")
-    rgb = load(state, "image.npy")
     net = load_model(registry, spec)
     with COMPUTE, torch.no_grad():
-        dense = compat.dense_embeddings(net, rgb, spec.method).float()
+        dense = dense_embeddings(net, load(state, "image.npy"), spec.method)
     unit = F.normalize(dense, dim=0).cpu().numpy().astype(np.float16)
     np.save(path, unit)
     return unit
+
+
+def dense_embeddings(model, rgb: np.ndarray, method: str | None) -> torch.Tensor:
+    """(D, h, w) float32 dense embeddings of the image at the segmenter's working size, for `method`: the
+    feature cells that cover the image (those of the padding cut off)."""
+    opts = model.options(**({"method": method} if method else {}))
+    x = model.working_image(rgb, opts.size, opts.max_long_side)
+    h, w = x.shape[2:]
+    x = F.pad(x, (0, -w % PAD_TO, 0, -h % PAD_TO))  # zeros: the mean colour, once normalised
+    dense = model.dense_embeddings(x, options=opts)[0]
+    stride = x.shape[3] // dense.shape[2]
+    return dense[:, : -(-h // stride), : -(-w // stride)]
 
 
 def similar_regions(registry: ModelRegistry, state: dict, x: int, y: int) -> tuple[str, str]:

@@ -258,25 +258,27 @@ class ModelRegistry:
 
 
 def _precision(model) -> str:
-    from . import compat
+    from denseclip import ZeroShotSegmenter
 
-    if hasattr(model, "encode_text") and hasattr(model, "working_image"):
-        return f", computing in {str(compat.dtype_of(model)).removeprefix('torch.')}"
+    if isinstance(model, ZeroShotSegmenter):
+        return f", computing in {str(model.dtype).removeprefix('torch.')}"
     return ""
 
 
 def _zero_shot(spec: ModelSpec, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """A zero-shot segmenter per backbone: OpenAI's CLIP in `dtype`, the toy micro-CLIP, or a tiny one."""
-    from . import compat
+    """A zero-shot segmenter per backbone (every method of its tower, chosen per request): OpenAI's CLIP
+    in `dtype`, the toy micro-CLIP, or a tiny random one."""
+    from denseclip import ZeroShotSegmenter
 
     if spec.source == TOY:
         from denseclip import toy
 
-        return compat.segmenter(toy.toy_clip(progress=False), toy.TOY_CLIP_NAME, TOY, method="maskclip",
-                                size=TOY_SIZE)
+        return ZeroShotSegmenter(toy.toy_clip(progress=False), toy.TOY_CLIP_NAME, pretrained=TOY,
+                                 method="maskclip", size=TOY_SIZE)
     if spec.pretrained is None:
         return _tiny_zero_shot()
-    return compat.from_pretrained(spec.source, spec.pretrained, device, dtype)
+    return ZeroShotSegmenter.from_pretrained(spec.source, pretrained=spec.pretrained, device=device,
+                                             dtype=dtype)
 
 
 def _segmentation_checkpoint(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
@@ -300,18 +302,14 @@ def _detector(spec: ModelSpec) -> torch.nn.Module:
 def _tiny_zero_shot() -> torch.nn.Module:
     """The same random tiny ViT every start (stable screenshots and tests): its maps vary more across an
     image than a tiny ResNet's, so several classes show."""
-    import copy
-
-    import open_clip
-
+    from denseclip import ZeroShotSegmenter
+    from denseclip.clip import create_clip
     from denseclip.config import TINY_VIT_ARCH
-
-    from . import compat
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        clip = open_clip.CLIP(**copy.deepcopy(TINY_VIT_ARCH), quick_gelu=True).eval()
-    return compat.segmenter(clip, "tiny", None, size=224)
+        clip = create_clip("tiny", None, arch=TINY_VIT_ARCH)
+    return ZeroShotSegmenter(clip, "tiny", pretrained=None, size=224)
 
 
 def _tiny_denseclip() -> torch.nn.Module:

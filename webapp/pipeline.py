@@ -24,7 +24,6 @@ from PIL import Image
 from denseclip.vocab import get_templates
 from denseclip.zeroshot import BACKGROUND, METHODS
 
-from . import compat
 from .catalog import PRETRAINED, ModelSpec
 from .classes import match_classes, parse_class_names
 from .errors import Note, UserError
@@ -48,6 +47,7 @@ BACKGROUND_NAME = "background"
 AUTO_TEMPLATE_LIMIT = 40  # "auto" templates: 7 prompts a class up to this many classes, then 1
 MAX_PROMPTS = 6000  # class names x templates encoded in one request (CLIP's text tower is slow on CPU)
 MAP_SIDE = 160  # score maps are kept about this large (drawn larger: they are smooth)
+PAMR_SIDE = 512  # ... with "Refine edges" this large (PAMR refines at the maps' size: their detail shows)
 PAMR_STEPS = 10  # "Refine edges": PAMR iterations after the zero-shot maps (NACLIP's setting)
 DEFAULT_THRESHOLD = 0.5  # "threshold": a share of this picture's score range (see relative_threshold)
 COMPUTE = threading.Lock()  # one prediction at a time: the cores are shared, text caches are not thread-safe
@@ -202,13 +202,15 @@ def run_zeroshot(model, spec: ModelSpec, rgb: np.ndarray, names: tuple[str, ...]
     pamr = PAMR_STEPS if options.refine_edges else 0
     if pamr:
         notes.append(Note(f"Edges refined with PAMR ({PAMR_STEPS} steps)."))
-    r = compat.predict(model, rgb, list(names), spec.method, pamr, templates=templates, background=background,
-                       max_output_elements=len(names) * MAP_SIDE ** 2)
+    side = PAMR_SIDE if pamr else MAP_SIDE
+    method = {"method": spec.method} if spec.method else {}
+    r = model.predict(rgb, list(names), templates=templates, background=background, pamr_steps=pamr,
+                      max_output_elements=len(names) * side ** 2, **method)
     labels = r.labels
     info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.info.items()
-            if k in ("model", "method", "working_size", "templates", "background", "pamr_steps", "dtype")}
-    info.update(method=spec.method or r.info.get("method"), pamr_steps=pamr, template_set=templates,
-                pretrained=spec.pretrained, dtype=str(compat.dtype_of(model)).removeprefix("torch."))
+            if k in ("model", "pretrained", "method", "working_size", "templates", "background", "pamr_steps",
+                     "dtype")}
+    info["template_set"] = templates
     if info["method"] in METHODS:
         info["paper"] = METHODS[info["method"]].paper
     if options.unmatched == "threshold":
@@ -301,16 +303,15 @@ def warm_text(registry: ModelRegistry, class_lists: Sequence[Sequence[str]], chu
     done, seen = 0, set()
     for label in registry.listed:
         spec = registry.specs[label]
-        key = (spec.backbone, None if compat.PER_CALL else spec.method)  # one text cache per backbone
         real = spec.kind == "zeroshot" and spec.pretrained == PRETRAINED
-        if not real or not registry.loaded(label) or key in seen:
+        if not real or not registry.loaded(label) or spec.backbone in seen:
             continue
-        seen.add(key)
+        seen.add(spec.backbone)  # one text cache per loaded model, whatever the method
         model = registry.get(spec)
         for names in class_lists:
             templates = auto_templates("auto", len(names))
             for i in range(0, len(names), chunk):
                 with COMPUTE:
-                    compat.encode_text(model, list(names[i:i + chunk]), templates, spec.method)
+                    model.encode_text(list(names[i:i + chunk]), templates)
                 done += len(names[i:i + chunk])
     return done

@@ -1,17 +1,13 @@
-"""The training-free methods by name, and the two configs (the segmenter's and one predict call's).
+"""The training-free methods by name, and the options of one prediction (`PredictOptions`).
 
 Each method is what a paper's released code computes, named after the paper; `METHODS` lists them for
-a user interface (`describe_methods()` gives one line each). The old `dense_mode` names still work:
-"value" -> "maskclip", "csa" / "qq+kk" -> "sclip" (which now keeps the residual and FFN, as SCLIP does),
-"qq" -> "clearclip"; "vv" and "vanilla" keep their names; `ZeroShotSegmenter.dense_mode` still gives the
-old name of a method that had one ("value", "csa", "qq"), the method's name otherwise.
+a user interface (`describe_methods()` gives one line each). The method, its options and PAMR are chosen
+per call: one loaded CLIP tower serves every method of its kind (the methods change only the last block).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
 
 from ..config import Config
 
@@ -31,7 +27,7 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "maskclip": Method(
-        ("resnet", "vit"), "value", True, "bilinear",
+        ("resnet", "vit"), "value", True, "bicubic",
         "each position through the value path only (no query-key mixing)",
         "MaskCLIP, Zhou et al., ECCV 2022", "github.com/chongzhou96/MaskCLIP"),
     "attention_pool": Method(
@@ -66,26 +62,22 @@ METHODS: dict[str, Method] = {
         ("vit",), "qk", True, "bilinear",
         "CLIP's own last block for every token (the baseline the others fix)", "CLIP", "-"),
 }
-ALIASES = {"value": "maskclip", "csa": "sclip", "qq+kk": "sclip", "qq": "clearclip"}
-DENSE_MODE = {"maskclip": "value", "sclip": "csa", "clearclip": "qq"}  # the old dense_mode names
 DEFAULT_METHOD = {"vit": "naclip", "resnet": "maskclip"}
-ATTENTIONS = ("qk", "qq", "kk", "vv", "csa", "value", "naclip", "gav", "nonly")
+ATTENTIONS = ("qk", "qq", "kk", "vv", "csa", "value", "naclip", "nonly")
 POS_EMBEDS = ("bilinear", "bicubic", "bicubic_dino")
 
 
 def resolve_method(name: str | None, tower: str) -> str:
-    """A method name (or an old `dense_mode` alias) checked against the tower ("vit" or "resnet")."""
+    """A method name checked against the tower ("vit" or "resnet"); None: the tower's default."""
     if name is None:
         return DEFAULT_METHOD[tower]
-    key = ALIASES.get(name, name)
-    if key not in METHODS:
-        raise ValueError(f"unknown zero-shot method {name!r}; choose from {sorted(METHODS)} "
-                         f"(old names {sorted(ALIASES)} still work)")
-    if tower not in METHODS[key].towers:
+    if name not in METHODS:
+        raise ValueError(f"unknown zero-shot method {name!r}; choose from {sorted(METHODS)}")
+    if tower not in METHODS[name].towers:
         ok = sorted(k for k, m in METHODS.items() if tower in m.towers)
         kind = "ViT" if tower == "vit" else "ResNet"
         raise ValueError(f"method {name!r} is not available for a {kind} CLIP; choose from {ok}")
-    return key
+    return name
 
 
 def describe_methods() -> str:
@@ -94,76 +86,71 @@ def describe_methods() -> str:
 
 
 @dataclass
-class ZeroShotConfig(Config):
-    """How a ZeroShotSegmenter makes dense maps. None means "the method's own choice"."""
+class PredictOptions(Config):
+    """One prediction: the method and its options, the prompts, the image size, the labels. A segmenter
+    holds defaults (`ZeroShotSegmenter(..., **defaults)`); `predict(..., **changes)` changes them per call.
+    None means "the method's own choice"."""
 
-    method: str | None = None  # a METHODS key or old alias; None: "naclip" for ViTs, "maskclip" for ResNets
+    # --- the method (the last block) and refinement
+    method: str | None = None  # a METHODS key; None: "naclip" for ViTs, "maskclip" for ResNets
     residual: bool | None = None  # keep the last ViT block's residual + FFN (NACLIP's arch "vanilla")
     attention: str | None = None  # override the last block's attention (one of ATTENTIONS)
     pos_embed: str | None = None  # "bilinear" (DenseCLIP), "bicubic" (size-based), "bicubic_dino" (peers)
     value_pos_embed: bool = False  # ResNet maskclip: add the positional embedding before the value path
     gaussian_std: float = 5.0  # NACLIP's neighbourhood: std of the Gaussian bias, in patches
     surgery_blocks: int = 6  # CLIP Surgery: blocks with the parallel value-value path
-    proxy_model: str = "vit_base_patch8_224.dino"  # ProxyCLIP: a timm ViT (ProxyCLIP's default DINO B/8)
-    proxy_weights: str | None = "timm"  # "timm" (weights folder, then the Hub), a local file, None = random
     proxy_beta: float = 1.2  # ProxyCLIP's normalisation: similarity - beta * mean ...
     proxy_gamma: float = 3.0  # ... times gamma; negative entries masked out
-    pamr_steps: int = 0  # PAMR refinement after any method (NACLIP: 10 steps)
+    pamr_steps: int = 0  # PAMR after any method, at the output size (NACLIP: 10 steps)
     pamr_dilations: tuple[int, ...] = (8, 16)
-    logit_scale: float | None = None  # probabilities softmax(scale * scores); None: CLIP's own (100)
+    # --- the text
     templates: str | tuple[str, ...] = "simple"  # "single", "simple", "imagenet" (the peers' 80) or a list
+    logit_scale: float | None = None  # probabilities softmax(scale * scores); None: CLIP's own (100)
+    # --- the image
     size: int = 448  # working size: short side ...
     max_long_side: int | None = None  # ... long side at most this (default 4 * size)
-    autocast_dtype: str | None = None  # "bfloat16" (2x faster on CPUs with avx512_bf16); float16 on GPUs
-    channels_last: bool | None = None  # NHWC convolutions (default: True for ResNets)
-    text_batch: int = 256  # prompts per text-encoder call
-    cache_size: int = 4096  # text embeddings kept (LRU)
+    slide: int | tuple[int, int] | None = None  # crop or (crop, stride) sliding windows
+    window_batch: int = 4  # windows per forward pass (memory, not results)
+    max_side: int | None = None  # decode path inputs at most this large
+    antialias: bool = True  # antialiased resize to the working size (the peers' mmcv resize has none)
+    # --- the labels and the outputs
+    background: float | str | tuple | None = None  # a threshold (= `threshold`) or pseudo-class name(s)
+    threshold: float | None = None  # best score / probability below it -> BACKGROUND
+    background_on: str = "score"  # what `threshold` applies to: "score" (cosine) or "prob"
+    area_threshold: float | None = None  # SCLIP: classes covering <= this share of the labelled pixels drop
+    dedupe: bool = False  # merge duplicate class names instead of raising
+    max_output_elements: int = 1 << 26  # bound on K * H * W of the returned scores / probs
 
     def __post_init__(self) -> None:
-        if isinstance(self.autocast_dtype, torch.dtype):
-            self.autocast_dtype = str(self.autocast_dtype).removeprefix("torch.")
-        if isinstance(self.templates, list):
-            self.templates = tuple(self.templates)
-        if self.method is not None and ALIASES.get(self.method, self.method) not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             resolve_method(self.method, "vit")  # raises with the list of names
-        if self.attention is not None and self.attention not in ATTENTIONS:
+        own = METHODS[self.method].attention if self.method else None  # resolved() fills it in
+        if self.attention is not None and self.attention not in (*ATTENTIONS, own):
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.pos_embed is not None and self.pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.pamr_steps < 0 or self.gaussian_std <= 0 or self.surgery_blocks < 1 or self.size < 1:
             raise ValueError("pamr_steps must be >= 0, gaussian_std > 0, surgery_blocks >= 1, size >= 1")
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return None if self.autocast_dtype is None else getattr(torch, self.autocast_dtype)
-
-
-@dataclass
-class PredictOptions(Config):
-    """One `predict` call (keyword arguments of `ZeroShotSegmenter.predict`)."""
-
-    templates: str | tuple[str, ...] | None = None  # prompt set for this call (default: the segmenter's)
-    background: float | str | tuple | None = None  # a threshold (= `threshold`) or pseudo-class name(s)
-    threshold: float | None = None  # best score / probability below it -> BACKGROUND
-    background_on: str = "score"  # what `threshold` applies to: "score" (cosine) or "prob"
-    area_threshold: float | None = None  # SCLIP: classes covering <= this share of the labelled pixels drop
-    size: int | None = None  # working size (default: the segmenter's)
-    max_long_side: int | None = None
-    slide: int | tuple[int, int] | None = None  # crop or (crop, stride) sliding windows
-    window_batch: int = 4  # windows per forward pass (memory, not results)
-    max_side: int | None = None  # decode path inputs at most this large
-    dedupe: bool = False  # merge duplicate class names instead of raising
-    max_output_elements: int = 1 << 26  # bound on K * H * W of the returned scores / probs
-    antialias: bool = True  # antialiased resize to the working size (the peers' mmcv resize has none)
-
-    def __post_init__(self) -> None:
         if self.background_on not in ("score", "prob"):
             raise ValueError(f"background_on must be 'score' or 'prob', got {self.background_on!r}")
         if isinstance(self.background, (int, float)) and not isinstance(self.background, bool):
             if self.threshold is not None:
                 raise ValueError("give the threshold once: background=<float> or threshold=<float>")
             self.threshold, self.background = float(self.background), None
-        if isinstance(self.templates, list):
-            self.templates = tuple(self.templates)
-        if isinstance(self.slide, list):
-            self.slide = tuple(self.slide)
+        for name in ("templates", "slide", "background"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+
+    def resolved(self, tower: str) -> PredictOptions:
+        """These options with the method's own choices filled in (method, attention, residual, pos_embed)."""
+        name = resolve_method(self.method, tower)
+        m = METHODS[name]
+        chosen = {"attention": self.attention or m.attention, "pos_embed": self.pos_embed or m.pos_embed,
+                  "residual": m.residual if self.residual is None else self.residual}
+        if chosen == {"attention": self.attention, "pos_embed": self.pos_embed, "residual": self.residual} \
+                and name == self.method:
+            return self  # resolved already
+        if tower == "resnet" and chosen != {k: getattr(m, k) for k in chosen}:
+            raise ValueError("attention, residual and pos_embed apply to ViTs only; ResNets have "
+                             "method='maskclip' (value_pos_embed=True/False) or 'attention_pool'")
+        return self.replace(method=name, **chosen)

@@ -76,9 +76,9 @@ def proxy_attention(feats: torch.Tensor, beta: float = 1.2, gamma: float = 3.0) 
 class ProxyAttention(nn.Module):
     """The proxy model and ProxyCLIP's attention for the last CLIP block (vit_dense's `proxy`)."""
 
-    def __init__(self, model: nn.Module, beta: float = 1.2, gamma: float = 3.0):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.beta, self.gamma = model.eval(), beta, gamma
+        self.model = model.eval()
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))  # ImageNet's, as DINO's
         self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -95,10 +95,11 @@ class ProxyAttention(nn.Module):
         h, w = x.shape[2] // self.patch, x.shape[3] // self.patch
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
-    def forward(self, blk: nn.Module, tokens: torch.Tensor, grid: tuple[int, int], x: torch.Tensor):
+    def forward(self, blk: nn.Module, tokens: torch.Tensor, grid: tuple[int, int], x: torch.Tensor,
+                beta: float = 1.2, gamma: float = 3.0):
         """The last block: tokens (B, 1 + h*w, C) -> (B, H*W, C) at the proxy grid (H, W), and (H, W)."""
         feats = self.features(x)
-        a = proxy_attention(feats, self.beta, self.gamma)
+        a = proxy_attention(feats, beta, gamma)
         attn, c = blk.attn, tokens.shape[-1]
         v = F.linear(blk.ln_1(tokens)[:, 1:], attn.in_proj_weight[2 * c:], attn.in_proj_bias[2 * c:])
         v = v.transpose(1, 2).reshape(v.shape[0], c, *grid)

@@ -1,12 +1,15 @@
 """ZeroShotSegmenter: training-free pixel-text score maps from an open_clip ResNet or ViT.
 
+One loaded CLIP tower serves every method of its kind: the method, its options and PAMR are chosen per
+call (`PredictOptions`); the weights are held once in one dtype (`from_pretrained(dtype="auto")`: bfloat16
+where the device runs it fast), and the final cosine scores, argmax and probabilities are computed in fp32.
+
 Memory: the image is resized (uint8) to a working size (`size` = short side, long side <= `max_long_side`),
-or cut into sliding windows over that working image: the encoder never sees more. Score maps stay at the
-feature grid (whole image) or the working size (slide, PAMR: Q x working size float32); labels (H, W) are
-always at the input size and equal the argmax of the full-size bilinear maps (rendered a few maps at a
-time); `scores` / `probs` (K, H, W) float32 are at the input size if K*H*W <= `max_output_elements`,
-otherwise at the largest size of the same aspect ratio within it (`result.full_resolution`;
-`result.score_map(k)` upsamples one class on demand). `max_side` decodes path inputs smaller.
+or cut into sliding windows over that working image: the encoder never sees more. Labels (H, W) are at the
+input size and equal the argmax of the full-size bilinear maps (rendered a few maps at a time); `scores` /
+`probs` (K, H, W) float32 are at the input size if K*H*W <= `max_output_elements`, otherwise at the largest
+size of the same aspect ratio within it (`result.full_resolution`; `result.score_map(k)` upsamples one
+class on demand). PAMR refines the maps at that output size, as NACLIP does at the image's size.
 """
 
 from __future__ import annotations
@@ -30,13 +33,13 @@ from ..encoders.clip_vit import CLIPViTEncoder
 from ..inference import slide as slide_inference
 from ..metrics import class_coverage
 from ..ops import attention, score_maps
-from ..render import LabelRule, class_maps, render_with_area, upsample
 from ..vocab import clean_class_names, get_templates
 from .classes import build_queries
-from .methods import DENSE_MODE, METHODS, PredictOptions, ZeroShotConfig, resolve_method
+from .labels import LabelRule, class_maps, labels_from_maps, upsample
+from .methods import METHODS, PredictOptions, resolve_method
 from .pamr import pamr
 from .proxy import ProxyAttention, create_proxy
-from .vit import ViTPlan, feature_surgery, vit_dense
+from .vit import feature_surgery, vit_dense
 
 
 @dataclass
@@ -74,24 +77,10 @@ class ZeroShotResult:
     def score_map(self, cls: int | str) -> torch.Tensor:
         """One class's score map (H, W) at the input size (upsampled on demand if stored smaller)."""
         k = self.class_names.index(cls) if isinstance(cls, str) else cls
-        m = self.scores[k]
         if self.full_resolution:
-            return m
-        return F.interpolate(m[None, None], size=self.image_size, mode="bilinear", align_corners=False)[0, 0]
-
-
-def _options(cfg: ZeroShotConfig | None, options: dict, tower: str) -> ZeroShotConfig:
-    """The config with keyword options applied; the old names dense_mode= and clearclip= still work."""
-    options = dict(options)
-    if "dense_mode" in options:
-        options["method"] = options.pop("dense_mode")
-    if "clearclip" in options:
-        clear = options.pop("clearclip")
-        if clear is not None and tower == "resnet":
-            raise ValueError("clearclip / residual apply to ViTs only (the last block's residual and FFN)")
-        options["residual"] = None if clear is None else not clear
-    cfg = cfg or ZeroShotConfig()
-    return cfg.replace(**options) if options else cfg
+            return self.scores[k]
+        return F.interpolate(self.scores[k][None, None], size=self.image_size, mode="bilinear",
+                             align_corners=False)[0, 0]
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,19 +93,37 @@ def _tokenizer(model_name: str, context_length: int):
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
+def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto" (the device's fast dtype), a name, a torch dtype or None (float32), checked for the device."""
+    from ..clip import fast_dtype
+
+    if dtype == "auto":
+        dtype = fast_dtype(device)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
+    if dtype == torch.float16 and torch.device(device).type == "cpu":
+        raise ValueError("float16 on a CPU is emulated and very slow: use torch.bfloat16 (fast on CPUs with "
+                         "AVX512-BF16 or AMX) or float32")
+    return dtype
+
+
 class ZeroShotSegmenter(nn.Module):
     """Training-free dense pixel-text scores from an open_clip ResNet or ViT (see the package doc).
 
     clip_model: an open_clip CLIP (ModifiedResNet or VisionTransformer tower); its text tower is used as
     is, the visual tower through CLIPResNetEncoder / CLIPViTEncoder (parameters shared, registered once).
-    cfg / **options: a ZeroShotConfig or its fields as keywords (method="naclip", pamr_steps=10, size=448,
-    templates="imagenet", logit_scale=40, autocast_dtype=torch.bfloat16, ...).
-    proxy: ProxyCLIP's vision model (a timm ViT); default: built from cfg.proxy_model / proxy_weights.
+    pretrained: what the weights are (an open_clip tag, a file, "custom"); None means random weights.
+    defaults: PredictOptions fields, the defaults of every `predict` (method="naclip", size=448, ...).
+    proxy: ProxyCLIP's vision model (a timm ViT); default: made on first use from proxy_model / proxy_weights
+    ("timm": its released weights from DENSECLIP_WEIGHTS_DIR or the Hub; a file; None: random).
     """
 
-    def __init__(self, clip_model: nn.Module, model_name: str = "custom", cfg: ZeroShotConfig | None = None,
-                 *, proxy: nn.Module | None = None, is_random: bool = False, pretrained: str | None = None,
-                 **options):
+    TEXT_BATCH = 256  # prompts per text-encoder call
+    CACHE_SIZE = 4096  # text embeddings kept (LRU)
+
+    def __init__(self, clip_model: nn.Module, model_name: str = "custom", *,
+                 pretrained: str | None = "custom", proxy: nn.Module | None = None,
+                 proxy_model: str = "vit_base_patch8_224.dino",
+                 proxy_weights: str | None = "timm", **defaults):
         super().__init__()
         from open_clip.modified_resnet import ModifiedResNet
         from open_clip.transformer import VisionTransformer
@@ -126,132 +133,108 @@ class ZeroShotSegmenter(nn.Module):
         if not self.is_vit and not isinstance(visual, ModifiedResNet):
             raise ValueError("ZeroShotSegmenter needs an open_clip ResNet or ViT tower, got "
                              f"{type(visual).__name__}")
-        tower = "vit" if self.is_vit else "resnet"
-        self.cfg = cfg = _options(cfg, options, tower)
-        self.method = resolve_method(cfg.method, tower)
-        self.dense_mode = DENSE_MODE.get(self.method, self.method)  # the old name (the web app asks it)
-        self.plan = self._plan(cfg, tower)
+        self.tower = "vit" if self.is_vit else "resnet"
+        self.defaults = PredictOptions(**defaults)
+        self.defaults.resolved(self.tower)  # a method this tower lacks fails here, not at the first call
         self.clip = clip_model.eval()
-        self.proxy = None
         if self.is_vit:
             if not hasattr(visual.transformer.resblocks[-1].attn, "in_proj_weight"):
                 raise ValueError("ViTs with custom attention blocks (qk-norm, ...) are not supported; use a "
                                  "CLIP ViT")
             n = len(visual.transformer.resblocks)
             encoder = CLIPViTEncoder(visual, None, out_indices=(n - 1,), official_cls=False, with_necks=False)
-            self.stride = self.pad_to = encoder.patch_size
-            if self.plan.attention == "proxy":
-                model = proxy if proxy is not None else create_proxy(cfg.proxy_model, cfg.proxy_weights)
-                self.proxy = ProxyAttention(model, cfg.proxy_beta, cfg.proxy_gamma)
-                self.stride, self.pad_to = self.proxy.patch, math.lcm(self.pad_to, self.proxy.patch)
         else:
-            encoder, self.stride, self.pad_to = CLIPResNetEncoder(visual), 32, 32
+            encoder = CLIPResNetEncoder(visual).to(memory_format=torch.channels_last)  # NHWC convolutions
         # The dense encoder is a view of self.clip.visual with no parameters of its own: kept out of the
         # module tree so the image tower is registered (and saved, moved) once, as part of self.clip.
         object.__setattr__(self, "encoder", encoder.eval())
-        self.channels_last = (not self.is_vit) if cfg.channels_last is None else cfg.channels_last
-        if self.channels_last:
-            self.encoder.to(memory_format=torch.channels_last)
-        self.model_name, self.pretrained, self.is_random = model_name, pretrained, is_random
-        self.templates, self.autocast_dtype = get_templates(cfg.templates), cfg.dtype
+        self.model_name, self.pretrained = model_name, pretrained
+        self.proxy = None if proxy is None else ProxyAttention(proxy)
+        self.proxy_model, self.proxy_weights = proxy_model, proxy_weights
         self.tokenizer = _tokenizer(model_name, clip_model.context_length)
         self._cache: OrderedDict = OrderedDict()
 
-    @staticmethod
-    def _plan(cfg: ZeroShotConfig, tower: str) -> ViTPlan:
-        m = METHODS[resolve_method(cfg.method, tower)]
-        if tower == "resnet" and (cfg.attention or cfg.residual is not None or cfg.pos_embed):
-            raise ValueError("attention, residual and pos_embed apply to ViTs only; ResNets have "
-                             "method='maskclip' (value_pos_embed=True/False) or 'attention_pool'")
-        residual = m.residual if cfg.residual is None else cfg.residual
-        return ViTPlan(attention=cfg.attention or m.attention, residual=residual,
-                       pos_embed=cfg.pos_embed or m.pos_embed, gaussian_std=cfg.gaussian_std,
-                       surgery_blocks=cfg.surgery_blocks)
-
     @classmethod
     def from_pretrained(cls, model_name: str, pretrained: str | None = "openai", device=None, *,
-                        quick_gelu: bool | None = None, **options) -> ZeroShotSegmenter:
-        """Any open_clip ResNet / ViT ("RN50", "RN101", "ViT-B-16", ...); options as for the constructor.
-
-        pretrained: an open_clip tag ("openai"), a local weights file, or None for random weights (a warning;
-        `is_random`; ProxyCLIP's proxy is random too). quick_gelu: default from the tag's pretrained config
-        (openai: True), True for files and None. Offline without cached weights a WeightsUnavailableError
-        says what to do.
-        """
-        import open_clip
-
+                        dtype: str | torch.dtype | None = "auto", quick_gelu: bool | None = None,
+                        **defaults) -> ZeroShotSegmenter:
+        """Any open_clip ResNet / ViT ("RN50", "RN101", "ViT-B-16", ...) with `pretrained` weights: an
+        open_clip tag ("openai"), a local weights file, or None for random weights (a warning; ProxyCLIP's
+        proxy is random too). dtype: the weights' dtype, "auto" = what the device runs fast
+        (`denseclip.clip.fast_dtype`: bfloat16 on CPUs with AVX512-BF16 / AMX and on recent GPUs), None =
+        float32. Offline without cached weights a WeightsUnavailableError says what to do."""
         from ..clip import create_clip
 
-        if quick_gelu is None:
-            cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
-            quick_gelu = bool(cfg.get("quick_gelu", False)) if cfg else True
         clip = create_clip(model_name, pretrained, quick_gelu=quick_gelu)
         if pretrained is None:
-            options.setdefault("proxy_weights", None)
+            defaults.setdefault("proxy_weights", None)
             warnings.warn(f"ZeroShotSegmenter {model_name}: random weights (pretrained=None); the score maps "
                           "are meaningless. Use pretrained='openai' or a local weights file.", stacklevel=2)
-        zs = cls(clip, model_name, is_random=pretrained is None, pretrained=pretrained, **options)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return zs.to(device)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        zs = cls(clip, model_name, pretrained=pretrained, **defaults)
+        return zs.to(device=device, dtype=_dtype(dtype, device))
 
-    def describe(self) -> str:
-        weights = "RANDOM weights (pretrained=None): scores are meaningless" if self.is_random else \
-            f"weights {self.pretrained or 'given by the caller'}"
-        p, cfg = self.plan, self.cfg
-        how = (f"attention={p.attention}, residual={p.residual}, pos_embed={p.pos_embed}" if self.is_vit
-               else f"value_pos_embed={cfg.value_pos_embed}")
-        proxy = cfg.proxy_model if cfg.proxy_weights or self.proxy is None else f"{cfg.proxy_model} (random)"
-        extra = f", proxy={proxy}" if self.proxy is not None else ""
-        extra += f", pamr_steps={cfg.pamr_steps}" if cfg.pamr_steps else ""
-        return (f"ZeroShotSegmenter({self.model_name}, {'ViT' if self.is_vit else 'ResNet'}, {weights}; "
-                f"method={self.method} ({METHODS[self.method].paper}): {how}{extra}, size={cfg.size}, "
-                f"{len(self.templates)} templates, logit_scale={self.logit_scale:g}, "
-                f"autocast={self.autocast_dtype}, channels_last={self.channels_last})")
+    @property
+    def method(self) -> str:
+        """The default method (what `predict` runs unless told otherwise)."""
+        return resolve_method(self.defaults.method, self.tower)
 
     @property
     def device(self) -> torch.device:
         return self.clip.logit_scale.device
 
     @property
-    def logit_scale(self) -> float:
-        """Probabilities are softmax(logit_scale * scores): the config's, else CLIP's own (100 for OpenAI)."""
-        return self.cfg.logit_scale or float(self.clip.logit_scale.detach().exp())
+    def dtype(self) -> torch.dtype:
+        """The dtype the weights are held in (`zs.to(torch.bfloat16)` changes it)."""
+        return self.clip.visual.conv1.weight.dtype
 
-    def _autocast(self):
-        dt, dev = self.autocast_dtype, self.device.type
-        if dt == torch.float16 and dev == "cpu":
-            raise ValueError("float16 autocast on CPU is extremely slow here; use torch.bfloat16 or None")
-        return torch.autocast(dev, dtype=dt, enabled=dt is not None)
+    def options(self, options: PredictOptions | None = None, **changes) -> PredictOptions:
+        """The options of one call, resolved for this tower: the defaults, then `options`, then `changes`."""
+        opts = options or self.defaults
+        return (opts.replace(**changes) if changes else opts).resolved(self.tower)
+
+    def logit_scale(self, opts: PredictOptions) -> float:
+        """Probabilities are softmax(logit_scale * scores): the options', else CLIP's own (100 for OpenAI)."""
+        return opts.logit_scale or float(self.clip.logit_scale.detach().float().exp())
+
+    def describe(self, options: PredictOptions | None = None) -> str:
+        o = self.options(options)
+        weights = "RANDOM weights (pretrained=None): scores are meaningless" if self.pretrained is None else \
+            f"weights {self.pretrained}"
+        how = (f"attention={o.attention}, residual={o.residual}, pos_embed={o.pos_embed}" if self.is_vit
+               else f"value_pos_embed={o.value_pos_embed}")
+        if o.method == "proxyclip":
+            how += f", proxy={self.proxy_model}{'' if self.proxy_weights else ' (random)'}"
+        return (f"ZeroShotSegmenter({self.model_name}, {'ViT' if self.is_vit else 'ResNet'}, {weights}, "
+                f"{str(self.dtype).removeprefix('torch.')}; method={o.method} ({METHODS[o.method].paper}): "
+                f"{how}, pamr_steps={o.pamr_steps}, size={o.size}, templates={o.templates}, "
+                f"logit_scale={self.logit_scale(o):g})")
 
     # ------------------------------------------------------------------------------------------ text
-    @torch.no_grad()
     def encode_text(self, class_names: Sequence[str], templates=None) -> torch.Tensor:
-        """(K, D) unit text embeddings: each template embedding normalised, averaged, renormalised.
-
-        Cached per (name, templates) in an LRU dict; only names not in it go through the text encoder.
-        Prompts longer than the context (77 tokens) are truncated by the tokenizer (a warning says which).
-        """
+        """(K, D) float32 unit text embeddings: each template's embedding normalised, averaged, renormalised
+        (open_clip's zero-shot classifier). Cached per (name, templates, dtype) in an LRU dict: only names
+        not in it go through the text encoder. Prompts longer than the context (77 tokens) are truncated
+        by the tokenizer (a warning says which)."""
         return self._text(clean_class_names(class_names), templates)
 
+    @torch.no_grad()
     def _text(self, names: Sequence[str], templates=None) -> torch.Tensor:
-        templates = get_templates(templates) if templates is not None else self.templates
-        key = (templates, str(self.autocast_dtype))
+        from open_clip import build_zero_shot_classifier
+
+        templates = get_templates(templates or self.defaults.templates)
+        key = (templates, self.dtype)
         missing = [n for n in dict.fromkeys(names) if (n, key) not in self._cache]
         if missing:
             self._warn_long(missing, templates)
-            prompts = [t.format(n) for n in missing for t in templates]
-            embs = []
-            for i in range(0, len(prompts), self.cfg.text_batch):
-                tokens = self.tokenizer(prompts[i:i + self.cfg.text_batch]).to(self.device)
-                with self._autocast():
-                    embs.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
-            emb = F.normalize(torch.cat(embs).reshape(len(missing), len(templates), -1).mean(1), dim=-1)
-            for n, e in zip(missing, emb):
+            emb = build_zero_shot_classifier(self.clip, self.tokenizer, missing, templates,
+                                             max(1, self.TEXT_BATCH // len(templates)), self.device).T
+            for n, e in zip(missing, F.normalize(emb.float(), dim=-1)):
                 self._cache[(n, key)] = e
         for n in names:
             self._cache.move_to_end((n, key))
         out = torch.stack([self._cache[(n, key)] for n in names]).to(self.device)
-        while len(self._cache) > self.cfg.cache_size:
+        while len(self._cache) > self.CACHE_SIZE:
             self._cache.popitem(last=False)
         return out
 
@@ -273,132 +256,153 @@ class ZeroShotSegmenter(nn.Module):
         return super().load_state_dict(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------- image
-    def dense_embeddings(self, x: torch.Tensor, return_global: bool = False):
+    def _proxy(self) -> ProxyAttention:
+        """ProxyCLIP's proxy, made on first use (a second model: only when the method asks for it)."""
+        if self.proxy is None:
+            model = create_proxy(self.proxy_model, self.proxy_weights)
+            self.proxy = ProxyAttention(model).to(self.device, self.dtype)
+        return self.proxy
+
+    def _grid(self, opts: PredictOptions) -> tuple[int, int]:
+        """(stride of the maps, multiple the input is padded to) for a method."""
+        if not self.is_vit:
+            return 32, 32
+        patch = self.encoder.patch_size
+        if opts.method == "proxyclip":
+            return self._proxy().patch, math.lcm(patch, self._proxy().patch)
+        return patch, patch
+
+    def dense_embeddings(self, x: torch.Tensor, return_global: bool = False,
+                         options: PredictOptions | None = None, **changes):
         """Normalised images (B, 3, H, W) -> dense embeddings (B, D, H/s, W/s) (float32, not unit length),
-        and with return_global CLIP's global embedding (B, D) (equals encode_image at the native size)."""
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            if self.is_vit:
-                dense, glob = vit_dense(self.encoder, x, self.plan, self.proxy, return_global)
-            else:
-                dense, glob = self._rn_dense(x, return_global)
+        and with return_global CLIP's global embedding (B, D) (equals encode_image at the native size).
+        The method and its options: `options` / `changes` (PredictOptions fields), else the defaults."""
+        opts = self.options(options, **changes)
+        x = x.to(self.device, _dtype(self.dtype, self.device))
+        if self.is_vit:
+            proxy = self._proxy() if opts.method == "proxyclip" else None
+            dense, glob = vit_dense(self.encoder, x, opts, proxy, return_global)
+        else:
+            dense, glob = self._rn_dense(x.contiguous(memory_format=torch.channels_last), opts, return_global)
         return (dense.float(), glob.float()) if return_global else dense.float()
 
-    def _rn_dense(self, x: torch.Tensor, need_global: bool):
+    def _rn_dense(self, x: torch.Tensor, opts: PredictOptions, need_global: bool):
         enc = self.encoder
         c5 = enc.forward_features(x)[-1]
         b, _, h, w = c5.shape
-        if self.plan.attention == "attention_pool":
+        if opts.method == "attention_pool":
             glob, dense = enc.attention_pool(c5)
             return dense, glob
         pool = enc.visual.attnpool
         tokens = enc.pool_tokens(c5)
-        spatial = tokens[:, 1:] if self.cfg.value_pos_embed else c5.flatten(2).transpose(1, 2)
+        spatial = tokens[:, 1:] if opts.value_pos_embed else c5.flatten(2).transpose(1, 2)
         dense = pool.c_proj(pool.v_proj(spatial)).transpose(1, 2).reshape(b, -1, h, w)
         glob = None
         if need_global:  # CLIP's pool: the mean token is the only query
             q, k, v = pool.q_proj(tokens[:, :1]), pool.k_proj(tokens), pool.v_proj(tokens)
-            out = attention(q, k, v, pool.num_heads)[0]
-            glob = pool.c_proj(out)[:, 0]
+            glob = pool.c_proj(attention(q, k, v, pool.num_heads)[0])[:, 0]
         return dense, glob
 
-    def _score_maps(self, x: torch.Tensor, text: torch.Tensor, redundant: torch.Tensor | None = None):
-        """Normalised images (B, 3, h, w) -> score maps (B, Q, h', w') of the input padded to `pad_to`, and
-        the extent (h/s, w/s) of the feature cells that cover the unpadded input."""
+    def _score_maps(self, x: torch.Tensor, text: torch.Tensor, opts: PredictOptions,
+                    redundant: torch.Tensor | None = None):
+        """Normalised images (B, 3, h, w) -> score maps (B, Q, h', w') of the input padded to the method's
+        multiple, and the extent (h/s, w/s) of the feature cells that cover the unpadded input."""
+        stride, pad_to = self._grid(opts)
         h, w = x.shape[2:]
-        x = F.pad(x, (0, -w % self.pad_to, 0, -h % self.pad_to))  # zeros: the mean colour, once normalised
-        dense = self.dense_embeddings(x)
+        x = F.pad(x, (0, -w % pad_to, 0, -h % pad_to))  # zeros: the mean colour, once normalised
+        if opts.method != "clip_surgery":
+            return score_maps(self.dense_embeddings(x, False, opts), text), (h / stride, w / stride)
+        dense, glob = self.dense_embeddings(x, True, opts)
+        cls_scores = F.normalize(glob, dim=-1) @ text.T  # the class token: the authors' image_features[:, :1]
         maps = score_maps(dense, text)
-        if self.method == "clip_surgery":
-            maps = feature_surgery(maps, None if redundant is None else score_maps(dense, redundant))
-        return maps, (h / self.stride, w / self.stride)
+        maps = feature_surgery(maps, cls_scores, None if redundant is None else score_maps(dense, redundant))
+        return maps, (h / stride, w / stride)
 
-    def working_image(self, rgb: np.ndarray, size: int | None = None, max_long_side: int | None = None,
+    def working_image(self, rgb: np.ndarray, size: int, max_long_side: int | None = None,
                       antialias: bool = True) -> torch.Tensor:
-        """(H, W, 3) uint8 -> the normalised working image (1, 3, h, w): short side `size`, long side at most
-        `max_long_side` (defaults: the config's); uint8 resize, never a float copy of a huge input."""
-        size = size or self.cfg.size
-        hw = keep_ratio_size(*rgb.shape[:2], size, max_long_side or self.cfg.max_long_side or 4 * size)
+        """(H, W, 3) uint8 -> the normalised working image (1, 3, h, w) float32: short side `size`, long side
+        at most `max_long_side` (default 4 * size); uint8 resize, never a float copy of a huge input."""
+        hw = keep_ratio_size(*rgb.shape[:2], size, max_long_side or 4 * size)
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
         if hw != tuple(rgb.shape[:2]):
             x = F.interpolate(x, size=hw, mode="bilinear", antialias=antialias, align_corners=False)
         return normalize_image(x.float()).to(self.device)
 
     @torch.no_grad()
-    def image_maps(self, x: torch.Tensor, text: torch.Tensor, slide=None, window_batch: int = 4,
-                   redundant: torch.Tensor | None = None, refine: bool = True):
+    def image_maps(self, x: torch.Tensor, text: torch.Tensor, opts: PredictOptions,
+                   redundant: torch.Tensor | None = None):
         """The working image (1, 3, h, w) -> score maps (Q, h', w') and their extent: whole-image maps at the
-        feature grid, or (slide = crop or (crop, stride)) sliding windows averaged at the working size;
-        with PAMR (cfg.pamr_steps, refine=True) refined at the working size."""
-        if slide is None:
-            maps, extent = self._score_maps(x, text, redundant)
-            maps = maps[0]
-        else:
-            crop, stride = (slide, max(1, 2 * slide // 3)) if isinstance(slide, int) else slide
+        feature grid, or (opts.slide = crop or (crop, stride)) windows averaged at the working size."""
+        if opts.slide is None:
+            maps, extent = self._score_maps(x, text, opts, redundant)
+            return maps[0], extent
+        slide = opts.slide
+        crop, stride = (slide, max(1, 2 * slide // 3)) if isinstance(slide, int) else slide
 
-            def windows(w: torch.Tensor) -> torch.Tensor:
-                maps, extent = self._score_maps(w, text, redundant)
-                return upsample(maps, w.shape[2:], extent)
+        def windows(w: torch.Tensor) -> torch.Tensor:
+            maps, extent = self._score_maps(w, text, opts, redundant)
+            return upsample(maps, w.shape[2:], extent)
 
-            maps, extent = slide_inference(windows, x, crop, stride, window_batch)[0], tuple(x.shape[2:])
-        if refine and self.cfg.pamr_steps:
-            maps = upsample(maps, x.shape[2:], extent)[None]
-            maps = pamr(x, maps, self.cfg.pamr_steps, self.cfg.pamr_dilations)
-            maps, extent = maps[0], tuple(x.shape[2:])
-        return maps, extent
+        return slide_inference(windows, x, crop, stride, opts.window_batch)[0], tuple(x.shape[2:])
+
+    @staticmethod
+    def refine(x: torch.Tensor, maps: torch.Tensor, extent, out_hw: tuple[int, int],
+               opts: PredictOptions) -> torch.Tensor:
+        """PAMR as NACLIP applies it: the maps (Q, h', w') upsampled to `out_hw`, refined along the edges of
+        the working image x resized (bilinear) to that size -> (Q, *out_hw)."""
+        image = F.interpolate(x.float(), size=out_hw, mode="bilinear", align_corners=False)
+        return pamr(image, upsample(maps, out_hw, extent)[None], opts.pamr_steps, opts.pamr_dilations)[0]
 
     # --------------------------------------------------------------------------------------- predict
     @torch.no_grad()
-    def predict(self, image, class_names, options: PredictOptions | None = None, **kwargs) -> ZeroShotResult:
+    def predict(self, image, class_names, options: PredictOptions | None = None, **changes) -> ZeroShotResult:
         """Segment one image into `class_names` without training.
 
         image: path / PIL / numpy / tensor, any mode (see load_image).
         class_names: names, or per class a list of synonyms (the first is its name), or a mapping name ->
             synonyms; blank names raise, duplicates raise unless dedupe=True (keeping the first).
-        options / keywords (PredictOptions): templates (this call's prompts); background: a float threshold,
-            or pseudo-class name(s) ("background", ["wall", "floor"]) whose pixels get label BACKGROUND (-1);
-            threshold with background_on="score" | "prob": best cosine / probability below it -> BACKGROUND;
-            area_threshold (SCLIP's); size, max_long_side (working size); slide (crop or (crop, stride)
-            windows over the working image, averaged like mmseg's slide inference); window_batch; max_side
-            (decode smaller); dedupe; max_output_elements (bound on K*H*W of scores / probs); antialias.
+        options / changes (PredictOptions, over the segmenter's defaults): method and its options,
+            pamr_steps; templates; background: a float threshold, or pseudo-class name(s) whose pixels get
+            label BACKGROUND (-1); threshold with background_on="score" | "prob"; area_threshold (SCLIP's);
+            size, max_long_side (working size); slide (crop or (crop, stride) windows over the working
+            image, averaged like mmseg's slide inference); max_side (decode smaller); max_output_elements.
         """
-        opts = (options or PredictOptions()).replace(**kwargs) if kwargs else (options or PredictOptions())
+        opts = self.options(options, **changes)
         t0 = time.perf_counter()
         cq = build_queries(class_names, opts.background, opts.dedupe)
         rgb = load_image(image, opts.max_side)
         H, W = rgb.shape[:2]
         t1 = time.perf_counter()
         text = self._text(cq.texts, opts.templates)[list(cq.text_index)]
-        surgery_one = self.method == "clip_surgery" and text.shape[0] == 1
+        surgery_one = opts.method == "clip_surgery" and text.shape[0] == 1
         redundant = self._text([""], opts.templates) if surgery_one else None  # the authors' empty prompt
         t2 = time.perf_counter()
         x = self.working_image(rgb, opts.size, opts.max_long_side, opts.antialias)
-        maps, extent = self.image_maps(x, text, opts.slide, opts.window_batch, redundant)
-        t3 = time.perf_counter()
+        maps, extent = self.image_maps(x, text, opts, redundant)
         k, query_class = cq.num_classes, cq.class_tensor()
-        rule = LabelRule(k, query_class, opts.threshold, opts.background_on, self.logit_scale,
-                         opts.area_threshold)
-        labels = render_with_area(maps, extent, (H, W), rule).cpu()
         shape = (H, W)
         if k * H * W > opts.max_output_elements:
             f = math.sqrt(opts.max_output_elements / (k * H * W))
             shape = (max(1, int(H * f)), max(1, int(W * f)))
-        scores, probs = class_maps(upsample(maps, shape, extent), query_class, k, self.logit_scale)
+        if opts.pamr_steps:
+            maps, extent = self.refine(x, maps, extent, shape, opts), shape
+        t3 = time.perf_counter()
+        scale = self.logit_scale(opts)
+        rule = LabelRule(k, query_class, opts.threshold, opts.background_on, scale, opts.area_threshold)
+        labels = labels_from_maps(maps, extent, (H, W), rule).cpu()
+        scores, probs = class_maps(upsample(maps, shape, extent), query_class, k, scale)
         t4 = time.perf_counter()
         timing = {"load": t1 - t0, "text": t2 - t1, "image": t3 - t2, "render": t4 - t3, "total": t4 - t0}
         return ZeroShotResult(scores=scores.cpu(), probs=probs.cpu(), labels=labels, class_names=cq.names,
                               image_size=(H, W), seconds=t4 - t0, timing=timing, info=self._info(cq, opts, x))
 
     def _info(self, cq, opts: PredictOptions, x: torch.Tensor) -> dict:
-        info = {"model": self.model_name, "is_random": self.is_random, "method": self.method,
-                "dense_mode": self.dense_mode, "working_size": tuple(x.shape[2:]), "slide": opts.slide,
-                "background": opts.background, "background_names": cq.background, "threshold": opts.threshold,
-                "queries": len(cq.text_index), "logit_scale": self.logit_scale,
-                "pamr_steps": self.cfg.pamr_steps,
-                "templates": len(get_templates(opts.templates)) if opts.templates else len(self.templates)}
+        info = {"model": self.model_name, "pretrained": self.pretrained, "method": opts.method,
+                "working_size": tuple(x.shape[2:]), "slide": opts.slide, "background": opts.background,
+                "background_names": cq.background, "threshold": opts.threshold, "queries": len(cq.text_index),
+                "logit_scale": self.logit_scale(opts), "pamr_steps": opts.pamr_steps,
+                "templates": len(get_templates(opts.templates)),
+                "dtype": str(self.dtype).removeprefix("torch.")}
         if self.is_vit:
-            p = self.plan
-            info.update(attention=p.attention, residual=p.residual, pos_embed=p.pos_embed)
+            info.update(attention=opts.attention, residual=opts.residual, pos_embed=opts.pos_embed)
         return info

@@ -1,7 +1,7 @@
-"""Full-size outputs from low-resolution maps, in memory that grows with H x W, not K x H x W.
+"""Labels at full size from low-resolution score maps, in memory that grows with H x W, not K x H x W.
 
 Bilinear upsampling (align_corners=False) of K score maps to a large image would hold K x H x W floats.
-`render_labels` upsamples a few maps at a time with F.interpolate and keeps a running maximum, so the
+`labels_from_maps` upsamples a few maps at a time with F.interpolate and keeps a running maximum, so the
 labels are exactly the argmax of the full-size bilinear maps. The maps are "queries": several may name
 one class (synonyms, the max over them wins, as the peers do for VOC's background), and queries past the
 classes are background pseudo-classes.
@@ -58,7 +58,7 @@ class LabelRule:
     excluded: torch.Tensor | None = None
 
 
-def render_labels(maps: torch.Tensor, extent: tuple[float, float], out_hw: tuple[int, int],
+def _argmax_labels(maps: torch.Tensor, extent: tuple[float, float], out_hw: tuple[int, int],
                   rule: LabelRule) -> torch.Tensor:
     """Labels (H, W) int64: the class of the full-size maps' argmax, BACKGROUND for background queries
     and below the rule's threshold (see LabelRule).
@@ -103,13 +103,15 @@ def render_labels(maps: torch.Tensor, extent: tuple[float, float], out_hw: tuple
     return out
 
 
-def render_with_area(maps: torch.Tensor, extent: tuple[float, float], out_hw: tuple[int, int],
+def labels_from_maps(maps: torch.Tensor, extent: tuple[float, float], out_hw: tuple[int, int],
                      rule: LabelRule) -> torch.Tensor:
-    """render_labels with the rule's area threshold (two passes; one without it)."""
+    """Labels (H, W) int64 of maps (Q, h, w) whose first `extent` cells cover the output: the class of the
+    full-size bilinear maps' argmax, BACKGROUND for background queries and below the rule's threshold; with
+    the rule's area threshold, two passes (see LabelRule)."""
     if not rule.area_threshold:
-        return render_labels(maps, extent, out_hw, rule)
+        return _argmax_labels(maps, extent, out_hw, rule)
     k = rule.num_classes
-    first = render_labels(maps, extent, out_hw, replace(rule, threshold=None))
+    first = _argmax_labels(maps, extent, out_hw, replace(rule, threshold=None))
     counts = torch.bincount(first[first >= 0].flatten(), minlength=k)[:k].cpu()
     if rule.background_class is not None:
         counts[rule.background_class] = 0
@@ -120,7 +122,7 @@ def render_with_area(maps: torch.Tensor, extent: tuple[float, float], out_hw: tu
     excluded = ((query_class >= 0) & (query_class < k)) & drop[query_class.clamp(0, k - 1)]
     if rule.excluded is not None:
         excluded |= rule.excluded.cpu()
-    return render_labels(maps, extent, out_hw, replace(rule, excluded=excluded))
+    return _argmax_labels(maps, extent, out_hw, replace(rule, excluded=excluded))
 
 
 def class_maps(full: torch.Tensor, query_class: torch.Tensor, num_classes: int, logit_scale: float):
