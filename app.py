@@ -7,23 +7,17 @@ the objects a DenseCLIP detector finds in it.
     python app.py --detector det.pth        # + a detector for the Detect tab
     python app.py --help                    # every option, each with its environment variable
 
-Without CLIP weights (offline, nothing in the Hugging Face cache) the app serves the toy micro-CLIP
-of denseclip.toy with scenes of its world, and the CLIP models join as soon as their weights are there.
-
-This file is the UI only (layout, events, messages) and the Hugging Face Space's `app_file`; the logic
-(configuration, uploads, limits, models, predicting, detecting, drawing, files) is the gradio-free package
-`webapp/`. What a visitor can and cannot make the server do is the operator's choice (webapp.AppConfig):
-listed models, checkpoints by name inside the checkpoint folder, allowed Hub repos below a size cap;
-uploads up to a file size, read from their header first, decoded at most `max_side` pixels long.
+Without CLIP weights on the machine the app serves the toy micro-CLIP of denseclip.toy with scenes of its
+world; the CLIP models join as soon as their weights are there. This file is the UI only (layout, events)
+and the Hugging Face Space's `app_file`; the logic (configuration, uploads, limits, models, requests,
+drawing, files, what visitors read) is the gradio-free package `webapp/`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,51 +25,17 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from webapp import (
-    PRESETS,
-    TEMPLATE_CHOICES,
-    UNMATCHED_CHOICES,
-    AppConfig,
-    DetectOptions,
-    HubAccess,
-    Limits,
-    ModelRegistry,
-    Options,
-    OutputFolders,
-    UserError,
-    default_specs,
-    describe_upload,
-    detection,
-    detector_specs,
-    preset_text,
-    render,
-    render_detections,
-    results,
-)
-from webapp import segment as run_request
-from webapp.catalog import TOY, weights_on_disk
-from webapp.examples import load_examples, toy_examples
-from webapp.images import save_data_url
+from webapp import AppConfig, UserError, detection, examples, page, results
+from webapp.classes import CUSTOM, MAX_TEXT_CHARS, PRESETS, preset_of, switch_preset
+from webapp.detection import DetectOptions, render_detections
+from webapp.images import describe_upload, save_data_url
 from webapp.likeness import similar_regions
-from webapp.page import (
-    CSS,
-    SHOW_ANSWER_JS,
-    START_JS,
-    WAITED_JS,
-    detection_status,
-    legend_html,
-    md,
-    md_keep_bold,
-    model_hint,
-    models_line,
-    status_line,
-    toast,
-)
-from webapp.pipeline import DEFAULT_THRESHOLD, warm_text
+from webapp.outputs import render
+from webapp.pipeline import DEFAULT_THRESHOLD, TEMPLATE_CHOICES, UNMATCHED_CHOICES, Options, segment
+from webapp.serving import Service, release_memory
 
 log = logging.getLogger("denseclip.app")
 HERE = Path(__file__).resolve().parent
-CUSTOM = "Custom"
 MAX_ACTIVE = 4  # requests in progress at once (predictions still run one at a time; downloads do not wait)
 # event options: quick page updates outside the queue; redraws from a finished result in a small pool
 PRIVATE = {"api_visibility": "private", "queue": False}
@@ -124,19 +84,6 @@ class NumberInput(gr.Slider):
 
 
 # ------------------------------------------------------------------------------------------- handlers
-def _malloc_trim():
-    """glibc's malloc_trim: give the memory a finished request freed back to the system (requests run in
-    many worker threads, whose malloc arenas otherwise keep their high-water mark). No-op elsewhere."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return lambda: None
-    return lambda: libc.malloc_trim(0)
-
-
-release_memory = _malloc_trim()
-
-
 @contextmanager
 def visitor_errors(action: str) -> Iterator[None]:
     """A refused request's message as a toast (one log line); out of memory and bugs as a plain message
@@ -145,7 +92,7 @@ def visitor_errors(action: str) -> Iterator[None]:
         yield
     except UserError as e:
         log.info("refused a request: %s", e)
-        raise gr.Error(toast(str(e)), duration=None, print_exception=False, title="Not done") from None
+        raise gr.Error(page.toast(str(e)), duration=None, print_exception=False, title="Not done") from None
     except MemoryError:
         log.warning("out of memory in a request")
         raise gr.Error("The server ran out of memory: try a smaller image or fewer class names.",
@@ -157,13 +104,15 @@ def visitor_errors(action: str) -> Iterator[None]:
 
 
 class Handlers:
-    """The events that need the server's state: the model lists, the request folders, the limits."""
+    """The events that need the server's state (webapp.serving.Service)."""
 
-    def __init__(self, registry: ModelRegistry, detectors: ModelRegistry, limits: Limits,
-                 folders: OutputFolders):
-        self.registry, self.detectors, self.limits, self.folders = registry, detectors, limits, folders
+    def __init__(self, service: Service):
+        self.service = service
+        self.registry, self.detectors, self.limits = service.registry, service.detectors, service.limits
+        self.example_sets: list[bool] = []  # which Examples the page has: the toy world's (True), photos
 
-    def _image(self, image, folder: Path):
+    @staticmethod
+    def _image(image, folder: Path):
         """An API image sent as a base64 data URL, written to the request's folder; an upload's path as is."""
         if isinstance(image, str) and image.startswith("data:"):
             return save_data_url(image, folder)
@@ -193,17 +142,17 @@ class Handlers:
             status: one line of Markdown: time, model, classes, size, largest classes, notes.
         """
         options = Options(model, opacity, templates, unmatched, threshold, refine_edges)
-        folder = self.folders.new()
+        folder = self.service.folders.new()
         with visitor_errors("segment"):
-            seg = run_request(self.registry, self._image(image, folder), class_names, options, self.limits,
+            seg = segment(self.registry, self._image(image, folder), class_names, options, self.limits,
                               progress=lambda fraction, desc: progress(fraction, desc=desc))
             out = render(seg, folder)
-        self.folders.account(folder)
+        self.service.folders.account(folder)
         for note in seg.notes:
             if note.loud:
-                gr.Warning(toast(note.text))
+                gr.Warning(page.toast(note.text))
         answer = (str(out.segmentation), out.gallery, str(out.label_map), str(out.results),
-                  status_line(seg, out), out.state)
+                  page.status_line(seg, out), out.state)
         del seg, out
         release_memory()
         return answer
@@ -222,24 +171,24 @@ class Handlers:
                 mask share; the detector's classes; the timing; the notes.
             status: one line of Markdown: time, detector, detections, size, commonest classes, notes.
         """
-        folder = self.folders.new()
+        folder = self.service.folders.new()
         with visitor_errors("detect"):
             det = detection.detect(self.detectors, self._image(image, folder),
                                    DetectOptions(model, threshold), self.limits,
                                    progress=lambda fraction, desc: progress(fraction, desc=desc))
             out = render_detections(det, folder)
-        self.folders.account(folder)
-        answer = str(out.picture), str(out.results), detection_status(det, out), out.rows
+        self.service.folders.account(folder)
+        answer = str(out.picture), str(out.results), page.detection_status(det, out), out.rows
         del det, out
         release_memory()
         return answer
 
     def check_upload(self, path, verb: str = "segmented"):
         try:
-            return md(describe_upload(path, self.limits.max_side, self.limits.max_pixels, verb))
+            return page.md(describe_upload(path, self.limits.max_side, self.limits.max_pixels, verb))
         except UserError as e:
-            gr.Warning(toast(str(e)))
-            return f"⚠️ {md(str(e))}"
+            gr.Warning(page.toast(str(e)))
+            return f"⚠️ {page.md(str(e))}"
 
     def like_this(self, state, evt: gr.SelectData):
         """Find more like this: the regions whose dense embeddings are close to the clicked point's."""
@@ -249,35 +198,27 @@ class Handlers:
             path, text = similar_regions(self.registry, state, int(evt.index[0]), int(evt.index[1]))
         return gr.Image(value=path, label=f"More like this: {text}", visible=True)
 
-    def on_load(self, *_):
+    def on_load(self):
         """The page as it opens: the models ready now, the default one and its hint, its examples (the toy
         world's while the offline model is the default)."""
-        default = self.registry.default
-        toy = default is not None and default.source == TOY
+        default, first = self.registry.default, self.detectors.default
         model = gr.Dropdown(choices=self.registry.choices(), value=getattr(default, "label", None),
-                            info=model_hint(default))
-        first = self.detectors.default
-        detector = gr.Dropdown(choices=self.detectors.choices(), value=first.label if first else None)
-        examples = [gr.Dataset(visible=is_toy == toy) for is_toy in self.example_sets]
-        return model, models_line(self.registry), detector, *examples
+                            info=page.model_hint(default))
+        detector = gr.Dropdown(choices=self.detectors.choices(), value=getattr(first, "label", None))
+        toy = self.service.toy_default
+        return model, page.models_line(self.registry), detector, *(
+            gr.Dataset(visible=is_toy == toy) for is_toy in self.example_sets)
 
     def hint(self, label):
         try:
-            return gr.Dropdown(info=model_hint(self.registry.resolve(label)))
+            return gr.Dropdown(info=page.model_hint(self.registry.resolve(label)))
         except UserError:
             return gr.skip()
 
 
 def show_details(state):
-    more = len(state["names"]) > len(state["gallery"])
-    label = (f"Score maps · {len(state['gallery'])} of {len(state['names'])} classes (any other one below)"
-             if more else "Score maps")
-    return (legend_html(state), gr.Gallery(label=label), gr.Dropdown(choices=state["names"], value=None),
-            "Click the segmentation to read the scores at a point and see the regions most like it.")
-
-
-def failed():
-    return "⚠️ That run did not finish (the message is in the corner). The result shown is the one before."
+    return (page.legend_html(state), gr.Gallery(label=page.gallery_label(state)),
+            gr.Dropdown(choices=state["names"], value=None), page.READ_A_POINT)
 
 
 def recolour(state, opacity):
@@ -291,9 +232,9 @@ def read_pixel(state, evt: gr.SelectData):
     if not state or not isinstance(evt.index, (list, tuple)):
         return gr.skip()
     try:
-        return md_keep_bold(results.at_pixel(state, int(evt.index[0]), int(evt.index[1])))
+        return page.md_keep_bold(results.at_pixel(state, int(evt.index[0]), int(evt.index[1])))
     except UserError as e:
-        return md(str(e))
+        return page.md(str(e))
 
 
 def show_score_map(state, name):
@@ -304,57 +245,33 @@ def show_score_map(state, name):
     return gr.Gallery(value=items, selected_index=index)
 
 
-def fill_preset(preset, text, saved):
-    if preset == CUSTOM:
-        return saved, saved
-    if text not in {preset_text(v) for v in PRESETS.values()}:
-        saved = text  # the visitor's own names, back when they pick Custom again
-    return preset_text(PRESETS[preset]), saved
-
-
-def match_preset(text):
-    return next((name for name, names in PRESETS.items() if text == preset_text(names)), CUSTOM)
-
-
 # ------------------------------------------------------------------------------------------------ app
 def build_app(config: AppConfig = AppConfig()) -> gr.Blocks:
-    """The Gradio Blocks app for `config` (not launched; see `serve`)."""
-    limits = Limits(config.max_side, config.max_pixels)
-    toy = not config.tiny and not any(weights_on_disk(s) for s in default_specs(False))
-    if toy:
-        log.info("No CLIP weights on this machine: the toy micro-CLIP serves visitors meanwhile. Put "
-                 "OpenAI's CLIP weights in the Hugging Face cache or in DENSECLIP_WEIGHTS_DIR (a Space "
-                 "preloads them).")
-    hub = HubAccess.parse(config.hub_allow, config.hub_max_mb)
-    registry = ModelRegistry(default_specs(config.tiny, config.checkpoints, toy=toy), config.checkpoint_dir,
-                             hub, config.device, config.dtype)
-    detectors = ModelRegistry(detector_specs(config.tiny, config.detectors), device=config.device,
-                              dtype=config.dtype, max_extra=1)
-    if not detectors.specs:
-        log.info("No detector configured: the Detect tab is hidden (--detector or DENSECLIP_DETECTORS).")
-    log.info("CLIP models compute in %s on %s", str(registry.dtype).removeprefix("torch."), registry.device)
-    folders = OutputFolders(gr.utils.get_upload_folder(), config.output_mb * 1e6)
-    handlers = Handlers(registry, detectors, limits, folders)
+    """The Gradio Blocks app for `config` (not launched; see `serve`). Results are written where Gradio
+    serves files from, so they are not copied."""
+    service = Service.create(config, gr.utils.get_upload_folder())
+    handlers = Handlers(service)
     title = "DenseCLIP: find things in a photo by naming them"
     with gr.Blocks(title=title, delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Find things in a photo by naming them\nType what to look for: CLIP matches every "
                     "pixel with each name and colours the photo by the best match "
                     "([DenseCLIP](https://arxiv.org/abs/2112.01518)).", elem_id="title")
-        ready = gr.Markdown(models_line(registry), elem_id="model-status")
+        ready = gr.Markdown(page.models_line(service.registry), elem_id="model-status")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Segment", id="segment", elem_id="segment-tab"):
-                seg = _segment_tab(registry, toy)
-            with gr.Tab("Detect objects", id="detect", elem_id="detect-tab", visible=bool(detectors.specs)):
-                det = _detect_tab(detectors)
+                seg = _segment_tab(service)
+            offered = bool(service.detectors.specs)
+            with gr.Tab("Detect objects", id="detect", elem_id="detect-tab", visible=offered):
+                det = _detect_tab(service)
         _wire_segment(seg, handlers)
         _wire_detect(det, handlers)
         handlers.example_sets = list(seg.examples)
         datasets = [e.dataset for e in seg.examples.values()]
         demo.load(handlers.on_load, None, [seg.model, ready, det.model, *datasets], **PRIVATE)
     demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.registry, demo.detectors, demo.folders, demo.config = registry, detectors, folders, config
+    demo.service, demo.config = service, config
+    demo.registry, demo.detectors = service.registry, service.detectors  # for tests and scripts
     return demo
-
 
 def _run_events(trigger, handlers: Handlers, ui: SimpleNamespace, api: bool):
     """A run (the Segment button: the public /segment endpoint; an example click: private) and what the
@@ -363,12 +280,12 @@ def _run_events(trigger, handlers: Handlers, ui: SimpleNamespace, api: bool):
     inputs = [ui.image, ui.classes, ui.model, ui.opacity, ui.templates, ui.unmatched, ui.threshold, refine]
     outputs = [ui.overlay, ui.gallery, ui.label_map, ui.results, ui.status, state]
     options = {"api_name": "segment"} if api else {"api_visibility": "private"}
-    done = trigger(handlers.segment, inputs, outputs, js=START_JS, show_progress_on=[ui.status],
+    done = trigger(handlers.segment, inputs, outputs, js=page.START_JS, show_progress_on=[ui.status],
                    concurrency_limit=MAX_ACTIVE, concurrency_id="predict", **options)
     shown = done.success(show_details, state, [ui.coverage, ui.gallery, ui.picker, ui.readout], **PRIVATE)
-    shown.success(None, ui.status, ui.status, js=WAITED_JS, api_visibility="private").then(
-        None, js=SHOW_ANSWER_JS, api_visibility="private")
-    done.failure(failed, None, ui.status, **PRIVATE)
+    shown.success(None, ui.status, ui.status, js=page.WAITED_JS, api_visibility="private").then(
+        None, js=page.SHOW_ANSWER_JS, api_visibility="private")
+    done.failure(lambda: page.FAILED, None, ui.status, **PRIVATE)
 
 
 def _wire_segment(ui: SimpleNamespace, handlers: Handlers) -> None:
@@ -376,14 +293,14 @@ def _wire_segment(ui: SimpleNamespace, handlers: Handlers) -> None:
     # a result is reopened from its files, which live an hour at most: so does its state
     ui.state, saved_text, ui.refine_state = gr.State(None, time_to_live=3600), gr.State(""), gr.State(False)
     _run_events(ui.run.click, handlers, ui, api=True)
-    for examples in ui.examples.values():
-        _run_events(examples.load_input_event.then, handlers, ui, api=False)
+    for clickable in ui.examples.values():
+        _run_events(clickable.load_input_event.then, handlers, ui, api=False)
     ui.opacity.release(recolour, [ui.state, ui.opacity], ui.overlay, show_progress="hidden", **REDRAW)
     ui.picker.input(show_score_map, [ui.state, ui.picker], ui.gallery, **REDRAW)
     ui.overlay.select(read_pixel, ui.state, ui.readout, **PRIVATE)
     ui.overlay.select(handlers.like_this, ui.state, ui.like, show_progress="minimal", **REDRAW)
-    ui.preset.input(fill_preset, [ui.preset, ui.classes, saved_text], [ui.classes, saved_text], **PRIVATE)
-    ui.classes.change(match_preset, ui.classes, ui.preset, **PRIVATE)
+    ui.preset.input(switch_preset, [ui.preset, ui.classes, saved_text], [ui.classes, saved_text], **PRIVATE)
+    ui.classes.change(preset_of, ui.classes, ui.preset, **PRIVATE)
     ui.image.change(handlers.check_upload, ui.image, ui.image_note, show_progress="hidden", **REDRAW)
     ui.model.input(handlers.hint, ui.model, ui.model, **PRIVATE)
     ui.unmatched.change(lambda u: gr.Slider(visible=u == "threshold"), ui.unmatched, ui.threshold, **PRIVATE)
@@ -395,11 +312,11 @@ def _wire_detect(ui: SimpleNamespace, handlers: Handlers) -> None:
     rows = gr.State([])
     outputs = [ui.picture, ui.results, ui.status, rows]
     done = ui.run.click(handlers.detect, [ui.image, ui.model, ui.threshold], outputs, api_name="detect",
-                        js=START_JS, show_progress_on=[ui.status], concurrency_limit=MAX_ACTIVE,
+                        js=page.START_JS, show_progress_on=[ui.status], concurrency_limit=MAX_ACTIVE,
                         concurrency_id="predict")
     shown = done.success(lambda r: r, rows, ui.table, **PRIVATE)
-    shown.success(None, ui.status, ui.status, js=WAITED_JS, api_visibility="private")
-    done.failure(failed, None, ui.status, **PRIVATE)
+    shown.success(None, ui.status, ui.status, js=page.WAITED_JS, api_visibility="private")
+    done.failure(lambda: page.FAILED, None, ui.status, **PRIVATE)
     check = functools.partial(handlers.check_upload, verb="detected")
     ui.image.change(check, ui.image, ui.image_note, show_progress="hidden", **REDRAW)
 
@@ -411,10 +328,10 @@ def _examples(entries: list[dict], ui: SimpleNamespace, label: str, elem_id: str
                        elem_id=elem_id, visible_columns=[0], examples_per_page=8, api_visibility="private")
 
 
-def _segment_tab(registry: ModelRegistry, toy: bool) -> SimpleNamespace:
+def _segment_tab(service: Service) -> SimpleNamespace:
     """The Segment tab's components (inputs on the left, the answer on the right), by short name. On a
     phone the columns stack: image, names, the Segment button and the examples come first."""
-    ui = SimpleNamespace()
+    ui, registry = SimpleNamespace(), service.registry
     custom = registry.checkpoint_dir is not None or registry.hub.enabled
     default = registry.default
     with gr.Row(equal_height=False):
@@ -422,21 +339,21 @@ def _segment_tab(registry: ModelRegistry, toy: bool) -> SimpleNamespace:
             ui.image = ImageInput(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"],
                                   elem_id="image-input", height=250)
             ui.image_note = gr.Markdown("", elem_id="image-note")
-            ui.classes = gr.Textbox(label="What to look for", lines=2, max_lines=8, max_length=40_000,
+            ui.classes = gr.Textbox(label="What to look for", lines=2, max_lines=8, max_length=MAX_TEXT_CHARS,
                                     placeholder="sky, tree, road, person, car", elem_id="classes-input",
                                     info="Names separated by commas (or new lines).")
             ui.run = gr.Button("Segment", variant="primary", elem_id="run-button")
             ui.examples = {}  # shown: the toy world's while the offline model is the default, else photos
-            if toy:
-                scenes = toy_examples(Path(tempfile.mkdtemp(prefix="denseclip-toy-world-")))
+            if service.toy:
+                scenes = examples.toy_examples(Path(tempfile.mkdtemp(prefix="denseclip-toy-world-")))
                 ui.examples[True] = _examples(scenes, ui, "Examples: scenes the offline model knows "
                                               "(click one)", "toy-examples")
-            photos = load_examples(HERE / "examples")
+            photos = examples.load_examples(HERE / "examples")
             if photos:
                 ui.examples[False] = _examples(photos, ui, "Examples (click one to run it)", "examples")
             ui.model = ChoiceInput(registry.choices(), value=default.label if default else None,
                                    label="Model", elem_id="model-input", allow_custom_value=custom,
-                                   info=model_hint(default))
+                                   info=page.model_hint(default))
             ui.preset = gr.Radio([CUSTOM, *PRESETS], value=CUSTOM, label="Class list", elem_id="preset-input")
             with gr.Accordion("More options", open=False, elem_id="more-options"):
                 ui.unmatched = OptionInput([(v, k) for k, v in UNMATCHED_CHOICES.items()], value="closest",
@@ -470,9 +387,9 @@ def _segment_tab(registry: ModelRegistry, toy: bool) -> SimpleNamespace:
     return ui
 
 
-def _detect_tab(detectors: ModelRegistry) -> SimpleNamespace:
+def _detect_tab(service: Service) -> SimpleNamespace:
     """The Detect tab's components (the tab is hidden when the server has no detector)."""
-    ui = SimpleNamespace()
+    ui, detectors = SimpleNamespace(), service.detectors
     gr.Markdown("Finds the kinds of objects a trained detector knows (the authors' detectors: COCO's 80, "
                 "such as person, car and cup) and draws a box, a name and a score on each.",
                 elem_id="detect-intro")
@@ -488,7 +405,7 @@ def _detect_tab(detectors: ModelRegistry) -> SimpleNamespace:
                                        label="Score threshold", elem_id="detect-threshold-input",
                                        info="Detections scoring less are left out.")
             ui.run = gr.Button("Detect", variant="primary", elem_id="detect-button")
-            photos = [[e["path"]] for e in load_examples(HERE / "examples")]
+            photos = [[e["path"]] for e in examples.load_examples(HERE / "examples")]
             gr.Examples(photos, [ui.image], label="Examples", examples_per_page=8, api_visibility="private")
         with gr.Column(scale=7, min_width=300):
             ui.picture = gr.Image(label="Detections", type="filepath", interactive=False,
@@ -504,31 +421,14 @@ def launch_options(config: AppConfig) -> dict:
     """Keyword arguments of demo.launch() that matter for safety and looks (tests use them too)."""
     theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="green")
     return {"max_file_size": config.max_file_size, "allowed_paths": [], "show_error": True, "theme": theme,
-            "css": CSS, "footer_links": ["api", "gradio"], "ssr_mode": False}
-
-
-def start_background(demo: gr.Blocks) -> threading.Event:
-    """Load every offered model, embed the preset class lists, and keep looking for models whose weights
-    appear, in a daemon thread; returns the event that stops it."""
-    stop = threading.Event()
-
-    def work():
-        demo.registry.check()
-        try:
-            count = warm_text(demo.registry, list(PRESETS.values()))
-            log.info("embedded %d preset class names in the background", count)
-        except Exception:
-            log.exception("embedding the preset class lists failed")
-        demo.registry.watch(stop)
-
-    threading.Thread(target=work, name="models", daemon=True).start()
-    return stop
+            "css": page.CSS, "footer_links": ["api", "gradio"], "ssr_mode": False}
 
 
 def serve(demo: gr.Blocks, prevent_thread_lock: bool = False, background: bool = True, **kwargs):
-    """demo.launch with launch_options() at the config's address (a Space's when on a Space)."""
+    """demo.launch with launch_options() at the config's address (a Space's when on a Space); first the
+    background start-up (every model loaded, the preset class lists embedded)."""
     if background:
-        demo.stop_background = start_background(demo)
+        demo.stop_background = demo.service.start_background()
     host, port = demo.config.bind_address()
     return demo.launch(server_name=host, server_port=port, prevent_thread_lock=prevent_thread_lock,
                        **{**launch_options(demo.config), **kwargs})

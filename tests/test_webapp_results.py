@@ -336,3 +336,14 @@ def test_the_clicked_point_is_the_most_similar(registry, result):
     emb = np.load(Path(state["folder"]) / likeness.EMBEDDINGS).astype(np.float32)
     similarity = np.tensordot(emb[:, 0, 0], emb, axes=1)
     assert similarity.argmax() == 0 and similarity.max() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_presets_fill_the_class_box_and_keep_the_visitors_own_names():
+    from webapp.classes import CUSTOM, PRESETS, preset_of, preset_text, switch_preset
+
+    voc = preset_text(PRESETS["Pascal VOC (21)"])
+    assert switch_preset("Pascal VOC (21)", "my; names", "") == (voc, "my; names")
+    assert preset_of(voc) == "Pascal VOC (21)" and preset_of("my; names") == CUSTOM
+    ade = preset_text(PRESETS["ADE20K (150)"])
+    assert switch_preset("ADE20K (150)", voc, "my; names") == (ade, "my; names")  # a preset is not saved
+    assert switch_preset(CUSTOM, ade, "my; names") == ("my; names", "my; names")

@@ -65,6 +65,15 @@ SHOW_ANSWER_JS = """async () => {
 }"""
 
 
+FAILED = "⚠️ That run did not finish (the message is in the corner). The result shown is the one before."
+READ_A_POINT = "Click the segmentation to read the scores at a point and see the regions most like it."
+
+
+def gallery_label(state: dict) -> str:
+    shown, total = len(state["gallery"]), len(state["names"])
+    return f"Score maps · {shown} of {total} classes (any other one below)" if total > shown else "Score maps"
+
+
 def toast(message: str) -> str:
     """Text for a toast, which Gradio renders as HTML: '<model>' would vanish."""
     return message.replace("<", "\u2039").replace(">", "\u203a")
