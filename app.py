@@ -377,7 +377,7 @@ def _segment_tab(service: Service) -> SimpleNamespace:
                                elem_id="like-output", buttons=["download", "fullscreen"])
             ui.status = gr.Markdown(label="Status", elem_id="time-output")
             ui.coverage = gr.HTML(elem_id="coverage-output")
-            ui.gallery = gr.Gallery(label="Score maps", elem_id="scoremaps-output", columns=4, height=460,
+            ui.gallery = gr.Gallery(label="Score maps", elem_id="scoremaps-output", columns=4, height="auto",
                                     object_fit="contain")
             ui.picker = gr.Dropdown([], label="Score map of any class", elem_id="scoremap-class",
                                     info="After a run: any class's map, also one not shown above.")

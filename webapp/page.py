@@ -71,7 +71,7 @@ READ_A_POINT = "Click the segmentation to read the scores at a point and see the
 
 def gallery_label(state: dict) -> str:
     shown, total = len(state["gallery"]), len(state["names"])
-    return f"Score maps · {shown} of {total} classes (any other one below)" if total > shown else "Score maps"
+    return f"Score maps · {shown} of {total}" if total > shown else "Score maps"  # the others: the picker
 
 
 def toast(message: str) -> str:
