@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/bench_zeroshot.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_detection.py
+	$(PY) benchmarks/bench_app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -131,6 +132,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)  # the weights: about 1.5 GB
 
 
 def run(args, proc, log: Path, port: int, started: float, bare: float, writing: float, work: Path) -> None:  # noqa: PLR0913
