@@ -194,6 +194,8 @@ class Handlers:
         """Find more like this: the regions whose dense embeddings are close to the clicked point's."""
         if not state or not isinstance(evt.index, (list, tuple)):
             return gr.skip()
+        if self.registry.resolve(state["model"]).kind != "zeroshot":  # a trained checkpoint: scores only
+            return gr.Image(visible=False)
         with visitor_errors("find more like this"):
             path, text = similar_regions(self.registry, state, int(evt.index[0]), int(evt.index[1]))
         return gr.Image(value=path, label=f"More like this: {text}", visible=True)
@@ -217,8 +219,9 @@ class Handlers:
 
 
 def show_details(state):
+    """What a new result shows besides the run's outputs (and the last result's similar regions hidden)."""
     return (page.legend_html(state), gr.Gallery(label=page.gallery_label(state)),
-            gr.Dropdown(choices=state["names"], value=None), page.READ_A_POINT)
+            gr.Dropdown(choices=state["names"], value=None), page.READ_A_POINT, gr.Image(None, visible=False))
 
 
 def recolour(state, opacity):
@@ -282,7 +285,8 @@ def _run_events(trigger, handlers: Handlers, ui: SimpleNamespace, api: bool):
     options = {"api_name": "segment"} if api else {"api_visibility": "private"}
     done = trigger(handlers.segment, inputs, outputs, js=page.START_JS, show_progress_on=[ui.status],
                    concurrency_limit=MAX_ACTIVE, concurrency_id="predict", **options)
-    shown = done.success(show_details, state, [ui.coverage, ui.gallery, ui.picker, ui.readout], **PRIVATE)
+    details = [ui.coverage, ui.gallery, ui.picker, ui.readout, ui.like]
+    shown = done.success(show_details, state, details, **PRIVATE)
     shown.success(None, ui.status, ui.status, js=page.WAITED_JS, api_visibility="private").then(
         None, js=page.SHOW_ANSWER_JS, api_visibility="private")
     done.failure(lambda: page.FAILED, None, ui.status, **PRIVATE)

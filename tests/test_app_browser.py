@@ -177,6 +177,10 @@ def test_desktop_read_the_result(browser, tmp_path):
     slider.dispatch_event("pointerup")  # the slider's release redraws without running the model again
     page.wait_for_function("s => document.querySelector('#segmentation-output img').src !== s", arg=before)
     assert screenshot(page, tmp_path, "desktop").stat().st_size > 100_000
+    page.fill("#classes-input textarea", "sky, road")
+    page.click("#run-button")
+    page.wait_for_function(f"{STATUS}.includes('2 classes')")
+    page.wait_for_selector("#like-output img", state="detached")  # a new result: the old point's map goes
 
 
 @pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
