@@ -1,4 +1,4 @@
-# make demo : create/reuse .venv, install, launch the Gradio app (add ARGS="--tiny" offline)
+# make demo : create/reuse .venv, install, launch the Gradio app (offline: the toy model serves; ARGS="--tiny")
 # make test : create/reuse .venv, install dev extras (+ chromium where apt exists), run the whole suite
 #             (both tiers: `pytest` alone runs the fast tier in a few minutes; `pytest --all` everything)
 PYTHON ?= python3
@@ -11,15 +11,18 @@ ARGS ?=
 
 .PHONY: demo test install install-dev browser lint bench clean
 
+# requirements.txt's index line is for Spaces (torch's CPU build); here torch comes from TORCH_SPEC.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -r requirements.txt
+	grep -v '^--extra-index-url' requirements.txt > $(VENV)/requirements-local.txt
+	$(PIP) install -q -r $(VENV)/requirements-local.txt
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PIP) install -q -r requirements-dev.txt
+	grep -v '^-r requirements.txt' requirements-dev.txt > $(VENV)/requirements-dev-local.txt
+	$(PIP) install -q -r $(VENV)/requirements-dev-local.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,6 +47,7 @@ bench: install
 	$(PY) benchmarks/bench_zeroshot.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_detection.py
+	$(PY) benchmarks/bench_app.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,15 +20,13 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from PIL import Image
 
 __all__ = [
     "PALETTES", "make_palette", "distinct_palette", "colorize", "label_map_png", "labels_to_png16", "overlay",
-    "heatmap", "scoremap_figure", "scoremap_gallery", "coverage_figure",
-    "figure_to_image", "save_figure",
+    "heatmap", "scoremap_figure", "save_figure",
 ]
 
 # The ADE20K-150 palette as used by mmsegmentation (and hence the DenseCLIP code base), stored as hex
@@ -72,17 +70,6 @@ def _as_labels(labels: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _as_scores(scores: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
-    arr = _to_numpy(scores)
-    if arr.ndim == 4 and arr.shape[0] == 1:  # tolerate a batch of one, (1, K, H, W)
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"scores must have shape (K, H, W), got {tuple(arr.shape)}")
-    if class_names is not None and len(class_names) != arr.shape[0]:
-        raise ValueError(f"len(class_names)={len(class_names)} but scores has K={arr.shape[0]} maps")
-    return arr.astype(np.float32, copy=False)
-
-
 def _as_rgb(image: Any) -> np.ndarray:
     """(H, W, 3) uint8 from a PIL image or an (H, W, 3|4) / (3, H, W) array; floats are taken as [0, 1]."""
     if isinstance(image, Image.Image):
@@ -113,25 +100,11 @@ def _resolve_palette(palette: Any, min_colors: int) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def _new_figure(figsize: tuple[float, float], dpi: float = 100) -> Figure:
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering never goes through pyplot
-    return fig
-
-
-def _get_cmap(cmap: str | Colormap) -> Colormap:
-    return cmap if isinstance(cmap, Colormap) else matplotlib.colormaps[cmap]
-
-
 # ----------------------------------------------------------------------------------------- palettes
 def make_palette(num_classes: int, seed: int = 0) -> np.ndarray:
-    """Distinct, deterministic colours, shape (num_classes, 3) uint8.
-
-    The first 150 entries follow the ADE20K convention (``PALETTES["ade20k"]``), except that the one
-    repeated colour of the original (index 48 duplicates index 6) is replaced so that all rows are
-    unique. Further colours are drawn with ``seed``, avoiding repeats and very dark tones (black marks
-    ignored pixels); ``seed`` only affects those generated colours.
-    """
+    """Distinct, deterministic colours, shape (num_classes, 3) uint8: ADE20K's first 150 (its one repeat,
+    index 48 = index 6, replaced), then colours drawn with ``seed``, no repeats and no very dark tones
+    (black marks ignored pixels)."""
     if num_classes < 0:
         raise ValueError(f"num_classes must be >= 0, got {num_classes}")
     out = np.zeros((num_classes, 3), dtype=np.uint8)
@@ -148,10 +121,8 @@ def make_palette(num_classes: int, seed: int = 0) -> np.ndarray:
 
 def distinct_palette(num_classes: int) -> np.ndarray:
     """Vivid colours that are easy to tell apart, shape (num_classes, 3) uint8: matplotlib's tab20 (its
-    ten strong colours first, then their light partners) for up to 20 classes, else ``make_palette``.
-
-    For a handful of classes; for ADE20K's 150, ``make_palette`` keeps the paper's colours (whose first
-    two, wall and building, are both grey)."""
+    ten strong colours first, then their light partners) for up to 20 classes, else ``make_palette``
+    (ADE20K's 150 keep the paper's colours)."""
     if num_classes > 20:
         return make_palette(num_classes)
     if num_classes < 0:
@@ -169,10 +140,8 @@ def colorize(labels: Any, palette: Any = None, ignore_index: int | None = 255) -
     top = int(lab[valid].max()) + 1 if valid.any() else 1
     pal = _resolve_palette(palette, top)
     if valid.any() and (lab[valid].min() < 0 or top > len(pal)):
-        raise ValueError(
-            f"labels span [{int(lab[valid].min())}, {top - 1}] but the palette has {len(pal)} colours; "
-            f"pass a larger palette, e.g. make_palette({top})"
-        )
+        raise ValueError(f"labels span [{int(lab[valid].min())}, {top - 1}] but the palette has {len(pal)} "
+                         f"colours; pass a larger palette, e.g. make_palette({top})")
     rgb = np.zeros((*lab.shape, 3), dtype=np.uint8)
     rgb[valid] = pal[lab[valid]]
     return Image.fromarray(rgb)
@@ -180,16 +149,11 @@ def colorize(labels: Any, palette: Any = None, ignore_index: int | None = 255) -
 
 def label_map_png(labels: Any, palette: Any = None, ignore_index: int | None = 255) -> Image.Image:
     """Palette ("P" mode) image of a label map (H, W): pixel values are the labels, saved losslessly as PNG.
-
-    P mode holds at most 256 indices; for more classes use :func:`labels_to_png16`. The palette slot of
-    ``ignore_index`` is black.
-    """
+    P mode holds at most 256 indices (more classes: :func:`labels_to_png16`); ``ignore_index`` is black."""
     lab = _as_labels(labels)
     if lab.size and (lab.min() < 0 or lab.max() > 255):
-        raise ValueError(
-            f"labels span [{int(lab.min())}, {int(lab.max())}] but a palette PNG stores indices 0..255; "
-            "save a 16-bit grayscale PNG instead: labels_to_png16(labels).save('labels.png')"
-        )
+        raise ValueError(f"labels span [{int(lab.min())}, {int(lab.max())}] but a palette PNG stores indices "
+                         "0..255; save a 16-bit grayscale PNG instead: labels_to_png16(labels).save('l.png')")
     pal = np.zeros((256, 3), dtype=np.uint8)  # unused slots (incl. 255 = ignore) stay black
     given = _resolve_palette(palette, int(lab.max()) + 1 if lab.size else 1)[:256]
     pal[: len(given)] = given
@@ -201,32 +165,25 @@ def label_map_png(labels: Any, palette: Any = None, ignore_index: int | None = 2
 
 
 def labels_to_png16(labels: Any) -> Image.Image:
-    """16-bit grayscale ("I;16") image of a label map (H, W) with values 0..65535; save as PNG.
-
-    Read back with ``np.array(Image.open(path))``.
-    """
+    """16-bit grayscale ("I;16") image of a label map (H, W) with values 0..65535; save as PNG (read back
+    with ``np.array(Image.open(path))``)."""
     lab = _as_labels(labels)
     if lab.size and (lab.min() < 0 or lab.max() > 65535):
         raise ValueError(f"labels span [{int(lab.min())}, {int(lab.max())}]; a 16-bit PNG holds 0..65535")
     return Image.fromarray(lab.astype(np.uint16))
 
 
-def overlay(
-    image: Any, labels: Any, palette: Any = None, alpha: float = 0.5, ignore_index: int | None = 255
-) -> Image.Image:
+def overlay(image: Any, labels: Any, palette: Any = None, alpha: float = 0.5,
+            ignore_index: int | None = 255) -> Image.Image:
     """Blend the colorized label map (H, W) over an image of the same size; ignored pixels show the image.
-
-    ``alpha`` is the label colour's weight: 0 gives the image, 1 the colorized map.
-    """
+    ``alpha`` is the label colour's weight: 0 gives the image, 1 the colorized map."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = _as_rgb(image)
     lab = _as_labels(labels)
     if img.shape[:2] != lab.shape:
-        raise ValueError(
-            f"image is {img.shape[0]}x{img.shape[1]} (HxW) but labels are {lab.shape[0]}x{lab.shape[1]}; "
-            "resize one of them (nearest for labels) so they match"
-        )
+        raise ValueError(f"image is {img.shape[0]}x{img.shape[1]} (HxW) but labels are {lab.shape[0]}x"
+                         f"{lab.shape[1]}; resize one of them (nearest for labels) so they match")
     color = np.asarray(colorize(lab, palette, ignore_index), dtype=np.float32)
     out = img.astype(np.float32) * (1.0 - alpha) + color * alpha
     if ignore_index is not None:
@@ -245,17 +202,12 @@ def heatmap(score: Any, cmap: str | Colormap = "viridis", vmin: float | None = N
     hi = float(np.nanmax(s)) if vmax is None else float(vmax)
     # a constant map would divide by zero; show it at the bottom of the colour scale
     norm = np.clip((s - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(s)
-    rgba = _get_cmap(cmap)(norm, bytes=True)
+    rgba = matplotlib.colormaps.get_cmap(cmap)(norm, bytes=True)
     return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
 
 
-def _panel_order(scores: np.ndarray, sort_by: Any, order: Sequence[int] | None = None) -> np.ndarray:
+def _panel_order(scores: np.ndarray, sort_by: Any) -> np.ndarray:
     k = scores.shape[0]
-    if order is not None:
-        idx = np.asarray(list(order), dtype=np.int64)
-        if idx.size and (idx.min() < -k or idx.max() >= k):
-            raise ValueError(f"order indexes classes out of range for K={k}")
-        return idx % k if k else idx
     if sort_by is None:
         return np.arange(k)
     if isinstance(sort_by, str):
@@ -270,26 +222,19 @@ def _panel_order(scores: np.ndarray, sort_by: Any, order: Sequence[int] | None =
     return np.argsort(-key, kind="stable")  # descending, ties keep class order
 
 
-def _grid(n_panels: int, max_cols: int = 6) -> tuple[int, int]:
-    """(rows, cols) for n panels: at most max_cols per row, rows as even as possible."""
-    rows = math.ceil(n_panels / max_cols)
-    return rows, math.ceil(n_panels / rows)
-
-
 def scoremap_figure(
     image: Any, scores: Any, class_names: Sequence[str], *, max_maps: int = 12, sort_by: Any = None,
     cmap: str | Colormap = "viridis", vmin: float | None = None, vmax: float | None = None,
 ) -> Figure:
-    """Grid of the image (if not None) plus one panel per class score map, titled with the class name.
-
-    scores: (K, H, W). ``sort_by``: (K,) per-class values (e.g. coverage) to show panels in descending
-    order, or "max"/"mean" of each map. At most ``max_maps`` maps are drawn, at most 6 panels a row.
-    ``vmin``/``vmax``: one colour scale for every panel, drawn as one colour bar (``0, 1`` for
-    probabilities; the maps' common range makes classes comparable); without them each panel gets its
-    own range and its own colour bar, so a flat map looks as contrasted as a peaked one.
-    Add a title with ``fig.suptitle(...)``.
-    """
-    s = _as_scores(scores, class_names)
+    """Grid of the image (if not None) plus one panel per class score map (K, H, W), titled with the class
+    name; at most ``max_maps`` maps, 6 panels a row. ``sort_by``: (K,) per-class values (e.g. coverage),
+    or "max"/"mean" of each map, in descending order. ``vmin``/``vmax``: one colour scale and colour bar
+    for every panel (classes compare); without them each panel gets its own. Title: ``fig.suptitle``."""
+    s = _to_numpy(scores).astype(np.float32)
+    s = s[0] if s.ndim == 4 and s.shape[0] == 1 else s  # a batch of one, (1, K, H, W)
+    if s.ndim != 3 or len(class_names) != s.shape[0]:
+        raise ValueError(f"scores must have shape (K, H, W) with K = {len(class_names)} class names, got "
+                         f"{tuple(s.shape)}")
     idx = _panel_order(s, sort_by)[: max(int(max_maps), 0)]
     n_panels = len(idx) + (image is not None)
     if n_panels == 0:
@@ -297,8 +242,10 @@ def scoremap_figure(
     shared = vmin is not None and vmax is not None
     if shared and not vmax > vmin:
         raise ValueError(f"vmax must be larger than vmin, got vmin={vmin}, vmax={vmax}")
-    nrows, ncols = _grid(n_panels)
-    fig = _new_figure((3.0 * ncols + (0.6 if shared else 0.0), 2.8 * nrows + 0.4))
+    nrows = math.ceil(n_panels / 6)  # at most 6 panels a row, rows as even as possible
+    ncols = math.ceil(n_panels / nrows)
+    fig = Figure(figsize=(3.0 * ncols + (0.6 if shared else 0.0), 2.8 * nrows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering never goes through pyplot
     axes = list(fig.subplots(nrows, ncols, squeeze=False).reshape(-1))
     for ax in axes[n_panels:]:
         fig.delaxes(ax)  # drop unused grid cells so only real panels remain
@@ -309,7 +256,7 @@ def scoremap_figure(
         ax.set_axis_off()
     im = None
     for ax, k in zip(axes, idx):
-        im = ax.imshow(s[k], cmap=_get_cmap(cmap), interpolation="nearest", vmin=vmin, vmax=vmax)
+        im = ax.imshow(s[k], cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
         ax.set_title(str(class_names[k]))
         ax.set_axis_off()
         if not shared:  # an inset axes follows the aspect-shrunk image box, so the bar matches its height
@@ -319,91 +266,7 @@ def scoremap_figure(
     return fig
 
 
-def scoremap_gallery(
-    scores: Any, class_names: Sequence[str], image: Any = None, *, order: Sequence[int] | None = None,
-    cmap: str | Colormap = "viridis", alpha: float = 0.5, vmin: float | None = None,
-    vmax: float | None = None,
-) -> list[tuple[Image.Image, str]]:
-    """One rendered heatmap per class with a colour bar, captioned "name (min–max)"; for ``gr.Gallery``.
-
-    scores: (K, H, W). With ``image``, each heatmap is resized (bilinear) to the image and blended over it
-    with weight ``alpha``; score maps are usually coarser than the image, so a size mismatch is expected.
-    ``order``: class indices to show, in that order (default 0..K-1; slice it to show fewer).
-    ``vmin``/``vmax``: one colour scale for every map (default: each map's own min–max).
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    s = _as_scores(scores, class_names)
-    idx = _panel_order(s, None, order)
-    img = _as_rgb(image) if image is not None else None
-    cm = _get_cmap(cmap)
-    out: list[tuple[Image.Image, str]] = []
-    for k in idx:
-        lo, hi = float(np.nanmin(s[k])), float(np.nanmax(s[k]))
-        lo_shown = lo if vmin is None else float(vmin)
-        hi_shown = hi if vmax is None else float(vmax)
-        heat = heatmap(s[k], cm, lo_shown, hi_shown)
-        if img is not None:
-            heat = heat.resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR)
-            blend = img.astype(np.float32) * (1 - alpha) + np.asarray(heat, np.float32) * alpha
-            heat = Image.fromarray(np.clip(np.rint(blend), 0, 255).astype(np.uint8))
-        # fixed layout in inches: image at its own aspect (3" tall), then a bar of the same height
-        w, h = heat.size
-        img_w, bar_w, pad, ticks = 3.0 * w / h, 0.15, 0.1, 0.55
-        fig_w = img_w + pad + bar_w + ticks
-        fig = Figure(figsize=(fig_w, 3.0), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes((0.0, 0.0, img_w / fig_w, 1.0))
-        ax.imshow(np.asarray(heat), aspect="auto")
-        ax.set_axis_off()
-        cax = fig.add_axes(((img_w + pad) / fig_w, 0.03, bar_w / fig_w, 0.94))
-        norm = Normalize(lo_shown, hi_shown if hi_shown > lo_shown else lo_shown + 1e-6)
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax).ax.tick_params(labelsize=8)
-        out.append((figure_to_image(fig), f"{class_names[k]} ({lo:.3g}–{hi:.3g})"))
-    return out
-
-
-# ----------------------------------------------------------------------------------------- coverage
-def coverage_figure(fractions: Any, class_names: Sequence[str], palette: Any = None, top: int = 20) -> Figure:
-    """Horizontal bar chart of the ``top`` largest non-zero class fractions (K,), largest at the top."""
-    frac = _to_numpy(fractions).astype(np.float64)
-    if frac.ndim != 1 or len(class_names) != frac.shape[0]:
-        raise ValueError(f"fractions must have shape (K,) with K=len(class_names)={len(class_names)}, "
-                         f"got {tuple(frac.shape)}")
-    pal = _resolve_palette(palette, len(frac))
-    idx = [int(i) for i in np.argsort(-frac, kind="stable")[:top] if frac[i] > 0]
-    fig = _new_figure((6.0, 0.32 * max(len(idx), 1) + 1.0))
-    ax = fig.add_subplot()
-    y = np.arange(len(idx))
-    ax.barh(y, frac[idx] * 100, color=[pal[i % len(pal)] / 255.0 for i in idx], edgecolor="black",
-            linewidth=0.5)
-    ax.set_yticks(y, [str(class_names[i]) for i in idx])
-    ax.invert_yaxis()  # largest first
-    ax.set_xlabel("pixels (%)")
-    for yi, i in zip(y, idx):
-        ax.text(frac[i] * 100, yi, f" {frac[i] * 100:.1f}", va="center", fontsize=8)
-    ax.set_xlim(0, max(frac[idx].max() * 100 * 1.15, 1.0) if idx else 1.0)
-    return fig
-
-
 # ----------------------------------------------------------------------------------------- output
-def figure_to_image(fig: Figure, dpi: float = 100) -> Image.Image:
-    """Render a figure with Agg to an RGB image of size (figsize * dpi), composited on white."""
-    # draw on an Agg canvas; a figure attached to another canvas (e.g. a GUI one) gets it back after
-    old_canvas, old_dpi = fig.canvas, fig.dpi
-    canvas = old_canvas if isinstance(old_canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    try:
-        if dpi != old_dpi:
-            fig.dpi = dpi
-        canvas.draw()
-        rgba = Image.fromarray(np.array(canvas.buffer_rgba()))
-    finally:
-        fig.dpi = old_dpi
-        fig.set_canvas(old_canvas)
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: float = 100, **kwargs: Any) -> None:
     """Save a figure (format from the extension: png, pdf, svg, ...), creating parent directories."""
     parent = os.path.dirname(os.fspath(path))

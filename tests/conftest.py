@@ -127,9 +127,12 @@ def app_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def app_server(app_checkpoints):
     """(demo, url) of one live app for the API tests: like `python app.py --tiny` plus a checkpoint folder."""
+    from webapp import AppConfig
+
     app = load_app()
-    demo = app.build_app(tiny=True, checkpoint_dir=str(app_checkpoints))
-    _, url, _ = app.serve(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    config = AppConfig(tiny=True, checkpoint_dir=str(app_checkpoints), host="127.0.0.1", port=free_port())
+    demo = app.build_app(config)
+    _, url, _ = app.serve(demo, prevent_thread_lock=True, quiet=True)
     yield demo, url
     demo.close()
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PHOTO, assert_still_serving, expect_error, load_app, results, segment
+from conftest import PHOTO, assert_still_serving, expect_error, results, segment
 from PIL import Image
 from test_webapp_inputs import header_only
 
-app = load_app()
-
+from webapp import FIRST_MAPS, MAX_CLASSES, MAX_TEXT_CHARS, TINY_ZS
+from webapp.images import MAX_SIDE
 
 # ---------------------------------------------------------------------------------------------- images
 BAD_IMAGES = {
@@ -89,7 +89,7 @@ def test_huge_jpeg_is_decoded_small_and_labelled_at_the_segmented_size(app_clien
     t0 = time.perf_counter()
     out = segment(app_client, path, "sky, road")
     res = results(out)
-    assert res["image"]["original_size"] == [20000, 20000] and max(res["image"]["size"]) == app.MAX_SIDE
+    assert res["image"]["original_size"] == [20000, 20000] and max(res["image"]["size"]) == MAX_SIDE
     assert "Segmented at 1024×1024 (the upload is 20000×20000)." in out[4]  # a quiet line, not a toast
     assert res["label_map"]["size"] == [1024, 1024]  # above 25 MP: the segmented size, and the JSON says so
     assert time.perf_counter() - t0 < 60
@@ -114,7 +114,7 @@ def test_base64_data_url_images(app_server, small_image):
     for data_url, expected in ((good, "event: complete"), ("data:image/png;base64,!!!!", "empty (0 bytes)"),
                                ("data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode(),
                                 "not an image")):
-        data = [{"url": data_url, "meta": {"_type": "gradio.FileData"}}, "sky, sea", app.TINY_ZS, 0.5,
+        data = [{"url": data_url, "meta": {"_type": "gradio.FileData"}}, "sky, sea", TINY_ZS, 0.5,
                 "auto", "closest", 0.2]
         event = httpx.post(f"{url}gradio_api/call/segment", json={"data": data}).json()["event_id"]
         stream = httpx.get(f"{url}gradio_api/call/segment/{event}", timeout=60).text
@@ -146,17 +146,17 @@ def test_hundreds_of_classes(app_client, small_image):
     names = [f"object {i}" for i in range(260)]
     out = segment(app_client, small_image, ", ".join(names))
     res = results(out)
-    assert [c["name"] for c in res["classes"]] == names and len(out[1]) == app.MAX_GALLERY
+    assert [c["name"] for c in res["classes"]] == names and len(out[1]) == FIRST_MAPS
     lab = Image.open(out[2])  # > 255 classes: a 16-bit PNG
     assert lab.mode.startswith("I") and np.asarray(lab).max() < 260
     assert res["info"]["template_set"] == "single"  # "auto": one prompt a class above 40 classes
 
 
 def test_class_name_limits(app_client, small_image):
-    too_many = ", ".join(f"c{i}" for i in range(app.MAX_CLASSES + 1))
+    too_many = ", ".join(f"c{i}" for i in range(MAX_CLASSES + 1))
     expect_error(app_client, small_image, too_many, match="limit is 512")
     expect_error(app_client, small_image, "sky, " + "very " * 100 + "long", match="characters long")
-    expect_error(app_client, small_image, "a" * (app.MAX_TEXT_CHARS + 1), match="characters long")
+    expect_error(app_client, small_image, "a" * (MAX_TEXT_CHARS + 1), match="characters long")
     assert_still_serving(app_client, small_image)
 
 
@@ -177,3 +177,23 @@ def test_class_box_is_never_read_as_a_file_or_dataset(app_client, small_image):
         assert [c["name"] for c in results(segment(app_client, small_image, text))["classes"]] == [text]
 
 
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({"templates": "bogus"}, "templates must be one of auto, single, simple, imagenet"),
+    ({"unmatched": "nope"}, "unmatched must be one of closest, background, threshold"),
+    ({"opacity": "abc"}, "opacity must be a number from 0 to 1"),
+    ({"threshold": 7}, "threshold must be a number from 0 to 1"),
+    ({"model": 3}, "model must be the name of a model"),
+])
+def test_an_invalid_api_value_is_one_log_line_with_the_reason(app_client, small_image, values, match, caplog,
+                                                             capfd):
+    """Values the page never sends are checked by the app (not by Gradio's components, which print a
+    traceback): the visitor reads the reason, the log gets one line."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="denseclip.app"):
+        expect_error(app_client, small_image, match=match, **values)
+    lines = [r.getMessage() for r in caplog.records if r.name == "denseclip.app"]
+    assert len(lines) == 1 and match in lines[0]
+    assert "Traceback" not in capfd.readouterr().err

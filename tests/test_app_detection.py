@@ -16,13 +16,14 @@ from PIL import Image
 from test_webapp_inputs import header_only
 
 import denseclip
-from webapp import detection, drawing
-from webapp.catalog import TINY_DETECTORS, default_specs, detector_specs
+from denseclip import viz
+from webapp import AppConfig, detection, drawing
+from webapp.catalog import TINY_DETECTORS, detector_specs
 from webapp.detection import NO_DETECTOR, DetectOptions, render_detections
 from webapp.errors import UserError
 from webapp.models import ModelRegistry
 from webapp.outputs import OutputFolders
-from webapp.page import banner, detection_status
+from webapp.page import detection_status
 from webapp.pipeline import Limits
 
 RETINANET, MASK_RCNN = TINY_DETECTORS  # labels
@@ -31,7 +32,7 @@ PHOTO = Path(__file__).resolve().parents[1] / "examples" / "coffee.jpg"  # 600x4
 
 @pytest.fixture(scope="module")
 def detectors(one_thread):
-    return ModelRegistry(detector_specs(tiny=True), max_loaded=1, device="cpu")
+    return ModelRegistry(detector_specs(tiny=True), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def run(detectors, folders, image, **options):
 def test_tiny_retinanet_boxes_tags_table_and_json(detectors, folders, small_photo):
     det, out = run(detectors, folders, small_photo, model=RETINANET)
     rec = json.loads(out.results.read_text("utf-8"))
-    assert rec == out.record and rec["model"] == RETINANET and rec["untrained"] and not rec["masks"]
+    assert rec == out.record and rec["model"] == RETINANET and rec["pretrained"] is None and not rec["masks"]
     assert rec["classes"] == ["red box", "green ellipse", "blue box"] and rec["detected_at"] == [100, 150]
     dets = rec["detections"]
     assert 0 < len(dets) <= 8 and all(d["score"] >= 0.3 and "mask_fraction" not in d for d in dets)
@@ -66,10 +67,11 @@ def test_tiny_retinanet_boxes_tags_table_and_json(detectors, folders, small_phot
     assert [row[:3] for row in out.rows] == [[i + 1, d["name"], f"{d['score']:.2f}"]
                                              for i, d in enumerate(dets)]
     assert all(row[4] == "–" for row in out.rows)
-    drawn = np.asarray(Image.open(out.picture).convert("RGB"))
+    drawn = np.asarray(Image.open(out.picture).convert("RGB"), np.int16)  # a JPEG: colours within a few
     x1, y1, _, _ = (int(round(v)) for v in dets[-1]["box"])
     colour = np.asarray(Image.new("RGB", (1, 1), dets[-1]["color"]))[0, 0]
-    assert (drawn[y1 + 1, x1 + 1] == colour).all() or (drawn[y1, x1] == colour).all()  # the box's outline
+    outline = [np.abs(drawn[y, x] - colour).max() for y, x in ((y1 + 1, x1 + 1), (y1, x1))]
+    assert min(outline) <= 16  # the box's outline, in its class colour
     status = detection_status(det, out)
     assert status.startswith("Processed in **") and "untrained" in status and "150×100 px" in status
     assert f"{len(dets)} detections scoring 0.30 or more" in status and "red box ×" in status
@@ -81,11 +83,12 @@ def test_tiny_mask_rcnn_masks_are_drawn(detectors, folders, small_photo):
     assert rec["masks"] and rec["detections"] and all(d["mask_fraction"] > 0 for d in rec["detections"])
     masks = det.result.masks.numpy()
     assert masks.shape == (len(rec["detections"]), 100, 150)
-    drawn = np.asarray(Image.open(out.picture).convert("RGB"), np.int16)
-    r = det.result  # the same picture without masks: they change the mask pixels, and only those
+    r = det.result  # the picture with and without masks: they change the mask pixels, and only those
     captions = [f"{n} {v:.2f}" for n, v in zip(r.names, r.scores.tolist())]
-    plain = drawing.draw_detections(det.rgb, r.boxes.numpy(), r.labels.numpy(), captions,
-                                    drawing.class_palette(r.class_names))
+    palette = viz.distinct_palette(len(r.class_names))
+    drawn = np.asarray(drawing.draw_detections(det.rgb, r.boxes.numpy(), r.labels.numpy(), captions, palette,
+                                               masks), np.int16)
+    plain = drawing.draw_detections(det.rgb, r.boxes.numpy(), r.labels.numpy(), captions, palette)
     changed = (drawn != np.asarray(plain, np.int16)).any(-1)
     inside = masks.any(0)
     assert changed[inside].mean() > 0.1 and not changed[~inside].any()  # (tags cover some of them)
@@ -96,8 +99,9 @@ def test_threshold_is_respected(detectors, folders, small_photo):
     assert det.result.boxes.shape == (0, 4) and out.record["detections"] == [] and out.rows == []
     assert any("lower the score threshold" in n.text for n in det.notes)
     assert "0 detections scoring 0.90 or more" in detection_status(det, out)
-    assert np.array_equal(np.asarray(Image.open(out.picture).convert("RGB")),
-                          np.asarray(Image.open(small_photo).convert("RGB")))  # nothing drawn
+    drawn = np.asarray(Image.open(out.picture).convert("RGB"), np.int16)
+    error = np.abs(drawn - np.asarray(Image.open(small_photo).convert("RGB"), np.int16))
+    assert error.mean() < 4 and np.percentile(error, 99.9) < 30  # nothing drawn: JPEG noise only
     for bad in (1.5, -0.1, "0.5", True, None):
         with pytest.raises(UserError, match="threshold must be a number from 0 to 1"):
             detection.detect(detectors, small_photo, DetectOptions(RETINANET, bad))
@@ -149,10 +153,10 @@ def test_a_saved_detector_folder_is_served(tmp_path, folders, small_photo, one_t
         model = denseclip.build_detector("denseclip-retinanet-tiny", pretrained=False)
     denseclip.save_checkpoint(model, tmp_path / "runA" / "final")
     registry = ModelRegistry(detector_specs(False, [str(tmp_path / "runA" / "final")]), device="cpu")
-    assert registry.labels == ["final"] and not registry.default.untrained
+    assert registry.labels == ["final"] and registry.default.pretrained is not None
     det, out = run(registry, folders, small_photo, threshold=0.0)
     assert isinstance(registry.get(registry.default), denseclip.DenseCLIPDetector)
-    assert out.record["model"] == "final" and out.record["untrained"] is False
+    assert out.record["model"] == "final" and out.record["pretrained"] == str(tmp_path / "runA" / "final")
 
 
 def test_a_detector_that_cannot_load_is_a_visitor_message(tmp_path, small_photo, caplog):
@@ -163,38 +167,36 @@ def test_a_detector_that_cannot_load_is_a_visitor_message(tmp_path, small_photo,
     assert message == ("missing.pth is not available on this server right now. Choose another model from "
                        "the list.")
     assert str(tmp_path) in caplog.text  # the operator's reason: in the log
-    segmenters = ModelRegistry(default_specs(tiny=True))
-    text = banner(segmenters, registry)
-    assert "Not available on this server:** missing.pth" in text and "Operator: see the server log" in text
-    assert dict((v, s) for s, v in registry.choices())["missing.pth"] == "missing.pth (unavailable)"
+    assert registry.choices() == []  # visitors see the ready models only
 
 
 # ------------------------------------------------------------------------------------ names are unique
-def test_the_app_lists_detectors_with_unique_names(monkeypatch):
+def test_the_app_lists_detectors_with_unique_names():
     app = load_app()
-    demo = app.build_app(tiny=False, checkpoints=["a/runA/final", "a/runB/final"],
-                         detectors=["d/runA/final", "d/runB/final"], preload=False)
+    demo = app.build_app(AppConfig(checkpoints=("a/runA/final", "a/runB/final"),
+                                   detectors=("d/runA/final", "d/runB/final")))
     assert demo.registry.labels[:2] == ["DenseCLIP: runA/final", "DenseCLIP: runB/final"]
     assert demo.detectors.labels == ["runA/final", "runB/final"]
     specs = detector_specs(True, ["x/runA/final", "x/runB/final", "x/runA/final"])  # a repeat: one model
     assert [s.label for s in specs] == ["runA/final", "runB/final", *TINY_DETECTORS]
-    assert [s.source for s in specs[:2]] == ["x/runA/final", "x/runB/final"] and specs[2].untrained
-    monkeypatch.setenv("DENSECLIP_DETECTORS", "x/one.pth, y/two")
-    assert app.build_app(tiny=False, preload=False).detectors.labels == ["one.pth", "two"]
-    assert app.build_app(tiny=False, detectors=["z.pth"], preload=False).detectors.labels == ["z.pth"]
+    assert [s.source for s in specs[:2]] == ["x/runA/final", "x/runB/final"] and specs[2].pretrained is None
+    config = AppConfig.parse([], {"DENSECLIP_DETECTORS": "x/one.pth, y/two"})
+    assert app.build_app(config).detectors.labels == ["one.pth", "two"]
+    config = AppConfig.parse(["--detector", "z.pth"], {"DENSECLIP_DETECTORS": "x/one.pth, y/two"})
+    assert app.build_app(config).detectors.labels == ["z.pth"]  # the flag wins over the variable
 
 
-def test_without_a_detector_the_tab_says_so_in_visitor_terms(monkeypatch):
-    monkeypatch.delenv("DENSECLIP_DETECTORS", raising=False)
+def test_without_a_detector_the_tab_is_hidden():
     app = load_app()
-    demo = app.build_app(tiny=False, preload=False)
+    demo = app.build_app(AppConfig())
     assert demo.detectors.specs == {}
-    props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"]}
-    assert NO_DETECTOR in props["detect-none"]["value"] and props["detect-none"]["visible"]
-    assert "--detector" not in props["detect-none"]["value"]
+    config = demo.get_config_file()
+    tabs = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert tabs["detect-tab"]["visible"] is False and tabs["segment-tab"]["visible"] is not False
     tiny = {c["props"].get("elem_id"): c["props"] for c in
-            load_app().build_app(tiny=True, preload=False).get_config_file()["components"]}
-    assert tiny["detect-none"]["visible"] is False and tiny["detector-input"]["value"] == RETINANET
+            app.build_app(AppConfig(tiny=True)).get_config_file()["components"]}
+    assert tiny["detect-tab"]["visible"] is not False and tiny["detector-input"]["value"] == RETINANET
+    assert "draws a box, a name and a score" in tiny["detect-intro"]["value"]  # one visitor sentence
 
 
 # ------------------------------------------------------------------------------------------- drawing
@@ -202,7 +204,7 @@ def test_tags_masks_and_colours_on_the_picture():
     rgb = np.full((120, 200, 3), 128, np.uint8)
     boxes = np.array([[20, 40, 120, 110], [30, 50, 60, 80], [130, 0, 195, 60]], float)
     labels = np.array([0, 1, 2])
-    palette = drawing.class_palette(["table", "cup", "spoon"])
+    palette = viz.distinct_palette(3)
     masks = np.zeros((3, 120, 200), bool)
     masks[0, 40:110, 20:120] = True
     masks[1, 50:80, 30:60] = True  # inside the table's mask: drawn over it (smaller on top)
@@ -244,7 +246,7 @@ def test_detect_endpoint_returns_picture_json_and_status(app_client, small_image
     assert params["threshold"]["parameter_default"] == 0.3 and not params["image"]["parameter_has_default"]
     assert [r["label"] for r in api["returns"]] == ["Detections", "Results (JSON)", "Status"]
     picture, results_json, status = detect(app_client, small_image, model=MASK_RCNN)
-    assert Image.open(picture).format == "PNG" and Image.open(picture).size == (96, 64)
+    assert Image.open(picture).format == "JPEG" and Image.open(picture).size == (96, 64)
     rec = json.loads(Path(results_json).read_text("utf-8"))
     assert rec["model"] == MASK_RCNN and rec["masks"] and rec["detections"]
     assert rec["box_format"] == "x1, y1, x2, y2 in pixels of the uploaded image"
@@ -256,8 +258,8 @@ def test_detect_endpoint_refusals_are_visitor_messages(app_client, small_image, 
 
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"these are notes, not pixels\n" * 10)
-    refused = ((bad, {}, "not an image"), (small_image, {"model": "/etc/passwd"}, "not in the list"),
-               (small_image, {"threshold": 2}, "greater than maximum value"))  # (Gradio's checks)
+    refused = ((bad, {}, "not an image"), (small_image, {"model": "/etc/passwd"}, "Unknown model"),
+               (small_image, {"threshold": 2}, "threshold must be a number from 0 to 1"))
     for image, kw, match in refused:
         with pytest.raises(AppError) as info:
             detect(app_client, image, **kw)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import denseclip
-from webapp import drawing, outputs, pipeline, results
+from denseclip.zeroshot import BACKGROUND
+from webapp import drawing, likeness, outputs, pipeline, results
 from webapp.catalog import TINY_DC, TINY_ZS, default_specs
 from webapp.errors import UserError
 from webapp.models import ModelRegistry
@@ -51,7 +52,7 @@ def test_segment_and_render(registry, photo, tmp_path):
     out = outputs.render(seg, tmp_path)
     assert out.label_map.name == "My_photo_1_labels.png" and out.results.name == "My_photo_1_results.json"
     record = json.loads(out.results.read_text("utf-8"))
-    assert record == out.record and record["model"] == TINY_ZS and record["untrained"]
+    assert record == out.record and record["model"] == TINY_ZS and record["pretrained"] is None
     lab = Image.open(out.label_map)
     assert lab.mode == "P" and lab.size == (80, 60)  # at the upload's size, not the 40x30 segmented
     assert record["label_map"]["file"] == out.label_map.name
@@ -61,20 +62,24 @@ def test_segment_and_render(registry, photo, tmp_path):
     assert [c["pixels"] for c in record["classes"]] == np.bincount(small.ravel(), minlength=2).tolist()
     assert record["info"]["template_set"] == "simple" and record["unit"] == "cosine similarity"
     by_size = sorted(record["classes"], key=lambda c: -c["pixels"])
-    expected = [f"{c['name']} · {c['fraction'] * 100:.1f}%" for c in by_size]
+    expected = [f"{c['name']} · {c['fraction'] * 100:.1f}% of pixels" for c in by_size]
     assert [caption for _, caption in out.gallery] == expected
     assert Image.open(out.segmentation).size == (40, 30)
 
 
 def test_nothing_here_threshold_and_background(registry, photo):
+    """threshold: a share of this picture's range of best scores (0: nothing unlabelled, 1: all but the
+    best pixel), so the default never blanks a picture whatever the model's cosine similarities."""
     r = pipeline.segment(registry, str(photo), "sky, road")
-    scores = r.pred.maps  # (K, h, w) cosine similarities, at the image size here
-    middle = float(scores.max(0).values.median())
-    options = Options(unmatched="threshold", threshold=middle)
-    seg = pipeline.segment(registry, str(photo), "sky, road", options)
-    unlabelled = seg.pred.labels == drawing.UNLABELLED
-    assert 0.3 < unlabelled.mean() < 0.7  # about half the pixels score below the median best score
-    assert np.array_equal(unlabelled, (scores.max(0).values < middle).numpy())
+    best = r.pred.maps.max(0).values  # (h, w) cosine similarities, at the image size here
+    for share in (0.0, 0.5, 1.0):
+        options = Options(unmatched="threshold", threshold=share)
+        seg = pipeline.segment(registry, str(photo), "sky, road", options)
+        cut = float(best.min() + share * (best.max() - best.min()))
+        unlabelled = seg.pred.labels == BACKGROUND
+        assert np.array_equal(unlabelled, (best < cut).numpy()) and seg.pred.info["threshold_score"] == cut
+        assert np.array_equal(seg.pred.labels[~unlabelled], r.pred.labels[~unlabelled])
+    assert (seg.pred.labels == BACKGROUND).mean() > 0.99
     bg = pipeline.segment(registry, str(photo), "sky, road", Options(unmatched="background"))
     assert bg.pred.names == ("sky", "road") and bg.pred.info["background"] == "background"
     assert set(np.unique(bg.pred.labels)) <= {-1, 0, 1}
@@ -83,17 +88,20 @@ def test_nothing_here_threshold_and_background(registry, photo):
     assert any("is one of your names" in n.text for n in same.notes)
 
 
-def test_unlabelled_is_the_segmenters_background_label(tiny_vit_clip):
-    zs = denseclip.ZeroShotSegmenter(tiny_vit_clip, size=64)
-    r = zs.predict(rgb_image(), ["a", "b"], background=1.0)  # no cosine similarity reaches 1
-    assert (r.labels == drawing.UNLABELLED).all()
+def test_relative_threshold_upsamples_the_best_score():
+    labels = torch.zeros(4, 4, dtype=torch.long)
+    scores = torch.tensor([[[0.1, 0.3], [0.2, 0.4]], [[0.0, 0.0], [0.0, 0.0]]])  # (K=2, 2, 2)
+    out, cut = pipeline.relative_threshold(labels, scores, 0.5)
+    assert cut == pytest.approx(0.25)
+    assert (out[:, :1] == BACKGROUND).all() and (out[:, 3:] == 0).all()  # the left low, the right high
 
 
 @pytest.mark.parametrize("options,match", [
     (Options(templates="bogus"), "templates must be one of auto, single, simple, imagenet"),
     (Options(unmatched="maybe"), "unmatched must be one of closest, background, threshold"),
     (Options(opacity=1.5), "opacity must be a number from 0 to 1"), (Options(opacity="0.5"), "opacity"),
-    (Options(threshold=True), "threshold must be a number"), (Options(model="../etc"), "Unknown model"),
+    (Options(threshold=True), "threshold must be a number"), (Options(threshold=1.5), "from 0 to 1"),
+    (Options(model="../etc"), "Unknown model"), (Options(model=["a"]), "model must be the name of a model"),
 ])
 def test_bad_options(registry, photo, options, match):
     with pytest.raises(UserError, match=match):
@@ -159,7 +167,7 @@ def test_denseclip_all_classes_no_match_and_large_images(tiny_denseclip, registr
 
 # ---------------------------------------------------------------------------------------- outputs
 def test_label_map_encodings():
-    palette = drawing.class_palette([f"c{i}" for i in range(300)])
+    palette = denseclip.viz.distinct_palette(300)
     labels = np.arange(300).reshape(15, 20)
     labels[0, 0] = -1
     png16, enc16 = outputs.label_map_image(labels, palette)
@@ -189,11 +197,43 @@ def test_every_request_has_its_own_files(registry, photo):
     assert not a.folder.exists() and b.folder.exists()  # old requests are removed
 
 
-def test_palettes():
-    small = drawing.class_palette(["a", "b", "c"])
-    assert small.shape == (3, 3) and len({tuple(c) for c in small}) == 3
-    ade = denseclip.vocab.clean_class_names(denseclip.vocab.ADE20K_CLASSES)
-    assert np.array_equal(drawing.class_palette(ade), denseclip.viz.make_palette(150))
+def test_results_on_disk_stay_within_the_budget(registry, photo, tmp_path):
+    folders = outputs.OutputFolders(tmp_path, max_bytes=200_000)
+    kept = []
+    for _ in range(12):
+        folder = folders.new()
+        outputs.render(pipeline.segment(registry, str(photo), "sky, road"), folder)
+        folders.account(folder)
+        (folder / "later.bin").write_bytes(b"x" * 30_000)  # written after `account` (a redraw, a click)
+        kept.append(folder)
+    folders.new()
+    assert folders.total_bytes() <= 200_000 and kept[-1].exists() and not kept[0].exists()
+
+
+def test_run_folders_of_servers_that_are_gone_are_removed_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from webapp.outputs import OutputFolders; f = OutputFolders(sys.argv[1]); "
+            "(f.new() / 'x.jpg').write_bytes(b'x' * 1000); print(f.root, flush=True); sys.stdin.read()")
+    repo = Path(__file__).resolve().parents[1]
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=repo) for _ in range(2)]
+    live_root, killed_root = (Path(run.stdout.readline().strip()) for run in runs)
+    runs[1].kill()  # no atexit: its files stay behind
+    runs[1].wait()
+    assert killed_root.exists()
+    folders = outputs.OutputFolders(tmp_path)
+    assert folders.removed_stale == 1 and not killed_root.exists() and live_root.exists()
+    runs[0].communicate("")
+    assert not live_root.exists()  # a clean exit removes its own
+
+
+def test_json_files_hold_valid_json(tmp_path):
+    outputs.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": 2}}
 
 
 def test_names_are_written_inside_their_regions():
@@ -221,14 +261,14 @@ def test_names_are_written_inside_their_regions():
 @pytest.fixture
 def result(registry, photo, tmp_path):
     seg = pipeline.segment(registry, str(photo), ", ".join(f"thing {i}" for i in range(15)) + ", sky, road",
-                           Options(unmatched="threshold", threshold=0.0))
+                           Options(unmatched="threshold", threshold=0.3))
     return outputs.render(seg, tmp_path)
 
 
 def test_every_class_score_map_is_reachable(result):
     state = result.state
-    assert len(result.gallery) == outputs.MAX_GALLERY < len(state["names"])
-    hidden = [state["names"][k] for k in state["order"][outputs.MAX_GALLERY:]]
+    assert len(result.gallery) == outputs.FIRST_MAPS < len(state["names"])
+    hidden = [state["names"][k] for k in state["order"][outputs.FIRST_MAPS:]]
     for name in hidden:
         path, text = results.score_map(state, name)
         assert Path(path).is_file() and text.startswith(f"{name} · ")
@@ -248,7 +288,8 @@ def test_reading_a_pixel(result):
     text = results.at_pixel(state, int(x), int(y))
     assert text.startswith(f"At ({x}, {y}): **{state['names'][labels[y, x]]}** · cosine similarity: ")
     y, x = np.argwhere(labels < 0)[0]
-    assert "**unlabelled** (below the threshold 0.00)" in results.at_pixel(state, int(x), int(y))
+    cut = result.record["info"]["threshold_score"]
+    assert f"**unlabelled** (best score below {cut:.2f})" in results.at_pixel(state, int(x), int(y))
     assert results.at_pixel(state, 10_000, 0) == ""
 
 
@@ -256,8 +297,53 @@ def test_recolour_writes_a_new_file_and_legend_rows(result):
     path = results.recolour(result.state, 0.0)
     assert Path(path) != result.segmentation and Path(path).is_file()
     rows, more = results.legend_rows(result.state, rows=3)
-    fractions = sorted((c["fraction"] for c in result.record["classes"] if c["pixels"]), reverse=True)
+    fractions = sorted((c["fraction"] for c in result.record["classes"]), reverse=True)
     assert [round(share, 6) for _, _, share in rows] == fractions[:3] and more == len(fractions) - 3
+    rows, more = results.legend_rows(result.state)
+    assert len(rows) == len(fractions) and more == 0  # every class, those at 0% too
     Path(result.state["folder"], "labels.npy").unlink()
     with pytest.raises(UserError, match="expired"):
         results.recolour(result.state, 0.5)
+
+
+# --------------------------------------------------------------------------------- find more like this
+def test_find_more_like_this(registry, result, monkeypatch):
+    state = result.state
+    path, text = likeness.similar_regions(registry, state, 10, 20)
+    assert Path(path).is_file() and Image.open(path).size == Image.open(result.gallery[0][0]).size
+    assert text.startswith("like the point (10, 20) · cosine similarity")
+    emb = np.load(Path(state["folder"]) / likeness.EMBEDDINGS)
+    norms = np.linalg.norm(emb.astype(np.float32), axis=0)
+    assert emb.dtype == np.float16 and np.allclose(norms, 1, atol=1e-2)  # unit length, float16
+    net = registry.get(registry.resolve(state["model"]))
+    x = net.working_image(np.load(Path(state["folder"]) / "image.npy"), net.defaults.size)
+    grid = (-(-x.shape[2] // 16), -(-x.shape[3] // 16))  # the ViT's patches covering the image
+    assert emb.shape == (net.clip.visual.output_dim, *grid)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embeddings are kept with the result")
+
+    monkeypatch.setattr(likeness, "dense_embeddings", no_model)
+    path2, _ = likeness.similar_regions(registry, state, 50, 40)  # the second click reads them
+    assert Path(path2).is_file() and path2 != path
+    with pytest.raises(UserError, match="inside the picture"):
+        likeness.similar_regions(registry, state, 10_000, 0)
+
+
+def test_the_clicked_point_is_the_most_similar(registry, result):
+    state = result.state
+    likeness.similar_regions(registry, state, 0, 0)
+    emb = np.load(Path(state["folder"]) / likeness.EMBEDDINGS).astype(np.float32)
+    similarity = np.tensordot(emb[:, 0, 0], emb, axes=1)
+    assert similarity.argmax() == 0 and similarity.max() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_presets_fill_the_class_box_and_keep_the_visitors_own_names():
+    from webapp.classes import CUSTOM, PRESETS, preset_of, preset_text, switch_preset
+
+    voc = preset_text(PRESETS["Pascal VOC (21)"])
+    assert switch_preset("Pascal VOC (21)", "my; names", "") == (voc, "my; names")
+    assert preset_of(voc) == "Pascal VOC (21)" and preset_of("my; names") == CUSTOM
+    ade = preset_text(PRESETS["ADE20K (150)"])
+    assert switch_preset("ADE20K (150)", voc, "my; names") == (ade, "my; names")  # a preset is not saved
+    assert switch_preset(CUSTOM, ade, "my; names") == ("my; names", "my; names")

@@ -1,6 +1,10 @@
-"""The models the app offers: one list of training-free (zero-shot) models, the tiny test models, the
-operator's DenseCLIP checkpoints and detectors. A new zero-shot method is one more `ZeroShotModel` in
-ZERO_SHOT_MODELS (a `method=` of denseclip.ZeroShotSegmenter; `denseclip.zeroshot.describe_methods()`).
+"""The models the app offers: one list of training-free (zero-shot) models, the toy model that serves
+when no CLIP weights are on the server, the tiny test models, the operator's DenseCLIP checkpoints and
+detectors. A new zero-shot method is one more `ZeroShotModel` in ZERO_SHOT_MODELS (a `method=` of
+denseclip.ZeroShotSegmenter; `denseclip.zeroshot.describe_methods()`).
+
+Methods change only the last block of a CLIP tower, so every entry on the same CLIP shares one loaded
+model (`ModelSpec.backbone`): the method is chosen per request.
 
 The first zero-shot entry is the default: CLIP ViT-B/16 with NACLIP's last block (key-key attention plus
 a Gaussian neighbourhood bias, no residual, no FFN; Hajimiri et al., WACV 2025), the best maps from CLIP
@@ -11,16 +15,18 @@ MaskCLIP about 30. ClearCLIP stays in the list for comparison; the ResNets run M
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 PRETRAINED = "openai"  # the zero-shot models' CLIP weights (open_clip tag)
+TOY = "toy"  # ModelSpec.source of the toy micro-CLIP (denseclip.toy), which has its own weights
 TINY_ZS = "Tiny zero-shot CLIP (untrained)"
 TINY_DC = "Tiny DenseCLIP (untrained)"
 TINY_DETECTORS = {  # label -> denseclip preset (random weights)
-    "Tiny DenseCLIP RetinaNet (untrained)": "denseclip-retinanet-tiny",
-    "Tiny DenseCLIP Mask R-CNN (untrained)": "denseclip-maskrcnn-tiny",
+    "Tiny RetinaNet (untrained)": "denseclip-retinanet-tiny",
+    "Tiny Mask R-CNN (untrained)": "denseclip-maskrcnn-tiny",
 }
 
 
@@ -29,30 +35,35 @@ class ZeroShotModel:
     label: str  # what visitors pick
     clip: str  # open_clip model name
     method: str  # ZeroShotSegmenter method= (denseclip.zeroshot.METHODS)
-    paper: str  # the training-free method's paper (model info)
 
 
 ZERO_SHOT_MODELS: tuple[ZeroShotModel, ...] = (
-    ZeroShotModel("CLIP ViT-B/16 · NACLIP", "ViT-B-16", "naclip", "NACLIP (Hajimiri et al., WACV 2025)"),
-    ZeroShotModel("CLIP ViT-B/16 · ClearCLIP", "ViT-B-16", "clearclip", "ClearCLIP (Lan et al., ECCV 2024)"),
-    ZeroShotModel("CLIP RN50 · MaskCLIP", "RN50", "maskclip", "MaskCLIP (Zhou et al., ECCV 2022)"),
-    ZeroShotModel("CLIP RN101 · MaskCLIP", "RN101", "maskclip", "MaskCLIP (Zhou et al., ECCV 2022)"),
+    ZeroShotModel("CLIP ViT-B/16 · NACLIP", "ViT-B-16", "naclip"),
+    ZeroShotModel("CLIP ViT-B/16 · ClearCLIP", "ViT-B-16", "clearclip"),
+    ZeroShotModel("CLIP RN50 · MaskCLIP", "RN50", "maskclip"),
+    ZeroShotModel("CLIP RN101 · MaskCLIP", "RN101", "maskclip"),
 )
+TOY_MODEL = ZeroShotModel("Offline demo model", TOY, "maskclip")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     label: str
     kind: str  # "zeroshot" | "denseclip" (a segmentation checkpoint) | "detector"
-    source: str  # open_clip model name, checkpoint path, Hub repo id, "tiny" or a tiny detector preset
+    source: str  # open_clip model name, TOY, "tiny", a checkpoint path / Hub repo id, a tiny detector preset
     method: str | None = None  # zero-shot method (None: the segmenter's default)
-    untrained: bool = False
+    pretrained: str | None = PRETRAINED  # the weights, as the library says it: None = random weights
     from_hub: bool = False  # a Hub repo id typed by a visitor (downloaded by the app, never a server path)
+
+    @property
+    def backbone(self) -> tuple[str, str, str | None]:
+        """What is loaded for this entry: one model serves every entry with the same backbone."""
+        return self.kind, self.source, self.pretrained
 
     @property
     def what(self) -> str:
         """What to install for this model, in an operator's words."""
-        if self.kind == "zeroshot" and self.source != "tiny":
+        if self.kind == "zeroshot" and self.pretrained == PRETRAINED:
             return f"OpenAI CLIP {self.source} weights"
         return f"the checkpoint {self.source}"
 
@@ -82,54 +93,59 @@ def _distinct(sources: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(str(s) for s in sources))
 
 
-def zero_shot_specs() -> list[ModelSpec]:
-    return [ModelSpec(m.label, "zeroshot", m.clip, m.method) for m in ZERO_SHOT_MODELS]
+def zero_shot_spec(model: ZeroShotModel) -> ModelSpec:
+    weights = TOY if model.clip == TOY else PRETRAINED
+    return ModelSpec(model.label, "zeroshot", model.clip, model.method, weights)
 
 
-def default_specs(tiny: bool, checkpoints: Sequence[str] = ()) -> list[ModelSpec]:
+def default_specs(tiny: bool, checkpoints: Sequence[str] = (), toy: bool = False) -> list[ModelSpec]:
     """The model list: the tiny untrained models first in --tiny mode, then the operator's checkpoints,
-    then the zero-shot models. The first entry is the default."""
+    then the zero-shot models, then (`toy`) the toy model. The first entry is the default."""
     specs = []
     if tiny:
-        specs += [ModelSpec(TINY_ZS, "zeroshot", "tiny", untrained=True),
-                  ModelSpec(TINY_DC, "denseclip", "tiny", untrained=True)]
+        specs += [ModelSpec(TINY_ZS, "zeroshot", "tiny", pretrained=None),
+                  ModelSpec(TINY_DC, "denseclip", "tiny", pretrained=None)]
     checkpoints = _distinct(checkpoints)
     for ckpt, name in zip(checkpoints, short_names(checkpoints)):
-        specs.append(ModelSpec(f"DenseCLIP: {name}", "denseclip", ckpt))
-    return specs + zero_shot_specs()
+        specs.append(ModelSpec(f"DenseCLIP: {name}", "denseclip", ckpt, pretrained=ckpt))
+    specs += [zero_shot_spec(m) for m in ZERO_SHOT_MODELS]
+    return specs + ([zero_shot_spec(TOY_MODEL)] if toy else [])
 
 
 def detector_specs(tiny: bool, detectors: Sequence[str] = ()) -> list[ModelSpec]:
     """The detector list: the operator's detectors (`--detector`), then in --tiny mode the two tiny
     untrained ones. The first entry is the default; empty when the server offers no detector."""
     detectors = _distinct(detectors)
-    specs = [ModelSpec(name, "detector", path) for path, name in zip(detectors, short_names(detectors))]
+    specs = [ModelSpec(name, "detector", path, pretrained=path)
+             for path, name in zip(detectors, short_names(detectors))]
     if tiny:
-        specs += [ModelSpec(label, "detector", preset, untrained=True)
+        specs += [ModelSpec(label, "detector", preset, pretrained=None)
                   for label, preset in TINY_DETECTORS.items()]
     return specs
 
 
-def hub_weights(clip: str, tag: str = PRETRAINED) -> tuple[str, str]:
-    """(Hub repo, file) of open_clip's weights for (model, tag): what a Space preloads for it."""
-    import open_clip
+def preload_entries() -> list[str]:
+    """The README front matter's `preload_from_hub` lines: every offered CLIP's weights file."""
+    from denseclip.clip import hub_weights
 
-    hub = open_clip.get_pretrained_cfg(clip, tag).get("hf_hub", "")
-    if not hub:
-        raise ValueError(f"open_clip has no Hub copy of {clip}/{tag}")
-    if hub.endswith("/"):  # a repo: open_clip (and denseclip) look for its safetensors file first
-        return hub.rstrip("/"), "open_clip_model.safetensors"
-    repo, filename = hub.rsplit("/", 1)
-    return repo, filename
+    entries = []
+    for clip in dict.fromkeys(m.clip for m in ZERO_SHOT_MODELS):
+        repo, files = hub_weights(clip, PRETRAINED)
+        entries.append(f"{repo} {files[0]}")
+    return entries
 
 
-def load_examples(folder: Path) -> list[dict]:
-    """The example photos listed in `folder`/examples.json (file -> classes, credit, licence), in order."""
-    import json
+def weights_on_disk(spec: ModelSpec) -> bool:
+    """Whether a zero-shot model's CLIP weights are on this machine (DENSECLIP_WEIGHTS_DIR or the Hugging
+    Face cache), without building anything or asking the Hub. Other models: True (their files are the
+    operator's business, checked when loaded)."""
+    if spec.kind != "zeroshot" or spec.pretrained != PRETRAINED:
+        return True
+    from huggingface_hub import try_to_load_from_cache
 
-    index = folder / "examples.json"
-    if not index.is_file():
-        return []
-    entries = json.loads(index.read_text("utf-8"))
-    return [{"path": str(folder / name), **entry} for name, entry in entries.items()
-            if (folder / name).is_file()]
+    from denseclip import clip
+
+    if os.environ.get(clip.WEIGHTS_DIR_ENV) and clip._find_in_weights_dir(spec.source, PRETRAINED):
+        return True
+    repo, files = clip.hub_weights(spec.source, PRETRAINED)
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)

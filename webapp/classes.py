@@ -15,6 +15,7 @@ from denseclip.vocab import ADE20K_CLASSES, COCO_STUFF_CLASSES, PASCAL_VOC_CLASS
 
 from .errors import Note, UserError
 
+CUSTOM = "Custom"  # the class list a visitor types (not a preset)
 MAX_CLASSES = 512
 MAX_NAME_CHARS = 200
 MAX_TEXT_CHARS = 40_000  # the whole box (COCO-Stuff's 171 names are ~1.6k characters)
@@ -54,6 +55,21 @@ PRESETS: dict[str, tuple[str, ...]] = {
 def preset_text(names: Sequence[str]) -> str:
     """The class box's text for a list of names."""
     return ", ".join(clean_class_names(names))
+
+
+def preset_of(text: str, custom: str = CUSTOM) -> str:
+    """The preset whose list the class box holds, else `custom`."""
+    return next((name for name, names in PRESETS.items() if text == preset_text(names)), custom)
+
+
+def switch_preset(preset: str, text: str, saved: str, custom: str = CUSTOM) -> tuple[str, str]:
+    """The class box after picking `preset`, and the visitor's own names kept for when they pick `custom`
+    again: (new text, saved)."""
+    if preset == custom:
+        return saved, saved
+    if preset_of(text, custom) == custom:
+        saved = text
+    return preset_text(PRESETS[preset]), saved
 
 
 def parse_class_names(text: str | None, allow_empty: bool = False) -> tuple[tuple[str, ...], list[Note]]:

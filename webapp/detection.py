@@ -6,14 +6,13 @@ masks for Mask R-CNN), drawn and written to the request's own folder.
     out = render_detections(det, OutputFolders().new())     # out.picture, out.results (JSON), out.rows
 
 Visitors pick from the operator's detectors only (`--detector`); uploads go through the same header
-checks and bounded decoding as segmentation (images.read_image), models through the same registry
-(per-model load locks) and predictions through the same lock (pipeline.COMPUTE). A server without a
-detector says so in the visitor's terms (NO_DETECTOR); what the operator can do goes to the log.
+checks, bounded decoding and model loading as segmentation (pipeline.prepare), and predictions through
+the same lock (pipeline.COMPUTE). A server without a detector says so in the visitor's terms
+(NO_DETECTOR); what the operator can do goes to the log.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,19 +22,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from denseclip import viz
+
 from .catalog import ModelSpec
-from .drawing import class_palette, draw_detections, hex_color
+from .drawing import draw_detections, hex_color
 from .errors import Note, UserError
-from .images import read_image
 from .models import ModelRegistry
-from .outputs import file_stem
-from .pipeline import COMPUTE, Limits, check_number, load_model
+from .outputs import JPEG, file_stem, write_json
+from .pipeline import COMPUTE, Limits, check_number, prepare, require_image
 
 if TYPE_CHECKING:
     from denseclip.detection import DetectionResult
 
-NO_DETECTOR = ("This server offers no object detector. The Segment tab finds the things you name in a "
-               "photo.")
+NO_DETECTOR = "This server offers no object detector. The Segment tab finds the things you name in a photo."
 DEFAULT_THRESHOLD = 0.3
 TABLE_HEADERS = ["#", "class", "score", "box x1, y1, x2, y2", "mask %"]  # box: the upload's pixels
 
@@ -80,31 +79,22 @@ def detect(registry: ModelRegistry, image, options: DetectOptions = DetectOption
     step = progress or (lambda fraction, desc: None)
     if not registry.specs:
         raise UserError(NO_DETECTOR)
-    if image is None or (isinstance(image, str) and not image):
-        raise UserError("Upload an image first (or click one of the examples).")
+    require_image(image)
     check_number("threshold", options.threshold, 0, 1)
     spec = registry.resolve(options.model)
-    step(0.05, "Reading the image")
-    rgb, image_info = read_image(image, limits.max_side, limits.max_pixels)
-    notes = []
-    if image_info["downscaled"]:
-        oh, ow = image_info["original_size"]
-        notes.append(Note(f"Detected at {rgb.shape[1]}×{rgb.shape[0]} (the upload is {ow}×{oh}); the "
-                          "results' boxes are in the upload's pixels."))
-    step(0.15, f"Loading {spec.label}")
-    t1 = time.perf_counter()
-    net = load_model(registry, spec)
-    timing = {"model_load": round(time.perf_counter() - t1, 4)}
+    req = prepare(registry, spec, image, limits, step, verb="Detected")
+    notes = req.notes + ([Note("The results' boxes are in the upload's pixels.")]
+                         if req.image_info["downscaled"] else [])
     step(0.3, "Finding objects")
     with COMPUTE:
         t1 = time.perf_counter()
-        result = denseclip.detect(net, rgb, score_threshold=float(options.threshold))
-        timing["detect"] = round(time.perf_counter() - t1, 4)
+        result = denseclip.detect(req.net, req.rgb, score_threshold=float(options.threshold))
+        timing = {"model_load": round(req.load_seconds, 4), "detect": round(time.perf_counter() - t1, 4)}
     if not len(result):
         notes.append(Note(f"Nothing scored {options.threshold:.2f} or more: lower the score threshold to see "
                           "less certain detections."))
     step(0.85, "Drawing")
-    return Detection(result, rgb, image_info, spec, options, notes, timing, t0)
+    return Detection(result, req.rgb, req.image_info, spec, options, notes, timing, t0)
 
 
 def render_detections(det: Detection, folder: Path) -> RenderedDetections:
@@ -112,12 +102,12 @@ def render_detections(det: Detection, folder: Path) -> RenderedDetections:
     r = det.result
     boxes, scores, labels = r.boxes.numpy(), r.scores.numpy(), r.labels.numpy()
     masks = None if r.masks is None else r.masks.numpy()
-    palette = class_palette(r.class_names)  # the detector's classes: one colour each, every image
+    palette = viz.distinct_palette(len(r.class_names))  # the detector's classes: one colour each
     names = r.names
     captions = [f"{name} {score:.2f}" for name, score in zip(names, scores)]
     stem = file_stem(det.image_info["name"])
-    picture = folder / f"{stem}_detections.png"
-    draw_detections(det.rgb, boxes, labels, captions, palette, masks).save(picture)
+    picture = folder / f"{stem}_detections.jpg"
+    draw_detections(det.rgb, boxes, labels, captions, palette, masks).save(picture, **JPEG)
 
     h, w = det.rgb.shape[:2]
     oh, ow = det.image_info["original_size"]
@@ -130,7 +120,7 @@ def render_detections(det: Detection, folder: Path) -> RenderedDetections:
                    **({} if masks is None else {"mask_fraction": round(mask_share[i], 6)})}
                   for i in range(len(r))]
     record = {
-        "model": det.spec.label, "untrained": det.spec.untrained, "image": det.image_info,
+        "model": det.spec.label, "pretrained": det.spec.pretrained, "image": det.image_info,
         "threshold": det.options.threshold, "seconds": round(time.perf_counter() - det.started, 3),
         "timing": det.timing,
         "box_format": "x1, y1, x2, y2 in pixels of the uploaded image",
@@ -138,7 +128,7 @@ def render_detections(det: Detection, folder: Path) -> RenderedDetections:
         "detections": detections, "notes": [n.text for n in det.notes],
     }
     results = folder / f"{stem}_detections.json"
-    results.write_text(json.dumps(record, indent=2, ensure_ascii=False), "utf-8")
+    write_json(results, record)
     rows = [[i + 1, d["name"], f"{d['score']:.2f}", ", ".join(f"{v:.0f}" for v in d["box"]),
              "–" if share is None else f"{share * 100:.1f}"]
             for i, (d, share) in enumerate(zip(detections, mask_share))]

@@ -1,7 +1,9 @@
 """Results as pictures: a segmentation (class colours over the photo, each class's name written on it)
 and detections (boxes in their class colours, a "name score" tag each, translucent instance masks).
+Colours and the blend are the library's (denseclip.viz): one palette for the page, the files and the
+notebooks.
 
-    palette = class_palette(names)                                  # (K, 3) uint8
+    palette = viz.distinct_palette(len(names))                      # (K, 3) uint8
     points = label_points(labels, len(names))                       # {class: (x, y)} inside its region
     img = draw_segmentation(rgb, labels, palette, names, 0.5, points)   # PIL RGB, names on the picture
     img = draw_detections(rgb, boxes, labels, ["cup 0.91", ...], palette, masks)   # best first
@@ -10,31 +12,21 @@ and detections (boxes in their class colours, a "name score" tag each, transluce
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from denseclip import viz
-from denseclip.vocab import ADE20K_CLASSES, clean_class_names
+from denseclip.zeroshot import BACKGROUND
 
-UNLABELLED = -1  # label of pixels that match no class name (ZeroShotSegmenter's background)
 MASK_OPACITY = 0.45  # detections: how strongly an instance mask's class colour covers the photo
 MIN_LABEL_FRACTION = 0.004  # classes smaller than this share of the picture get no name on it
 LABEL_GRID = 160  # label positions are searched on a grid this long (cheap, and as good for text)
-
-
-def class_palette(names: Sequence[str]) -> np.ndarray:
-    """(K, 3) uint8: ADE20K's palette for the ADE20K classes (the paper's figures), tab20 for up to 20
-    classes, else viz.make_palette."""
-    k = len(names)
-    if k > 20 or tuple(names) == clean_class_names(ADE20K_CLASSES):
-        return viz.make_palette(k)
-    import matplotlib
-
-    tab = matplotlib.colormaps["tab20"].colors  # pairs (dark, light): the dark ten first
-    order = [*range(0, 20, 2), *range(1, 20, 2)]
-    return (np.asarray([tab[i] for i in order[:k]]) * 255).round().astype(np.uint8)
+# Tags stay readable on a phone: a picture is shown about 320 CSS pixels wide there, so a tag's text is
+# at least this share of the picture's long side (12 px on the phone).
+TAG_TEXT_SHARE = 12 / 320
 
 
 def hex_color(rgb) -> str:
@@ -76,11 +68,7 @@ def draw_segmentation(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, 
                       opacity: float, points: dict[int, tuple[int, int]] | None = None) -> Image.Image:
     """Class colours blended over the photo at `opacity` (unlabelled pixels show the photo), and the
     names at `points` in white with a dark outline; a name that would cover an earlier one is skipped."""
-    alpha = float(np.clip(opacity, 0.0, 1.0))
-    out = rgb.copy()
-    valid = labels >= 0
-    out[valid] = (rgb[valid] * (1 - alpha) + palette[labels[valid]] * alpha).round().astype(np.uint8)
-    img = Image.fromarray(out)
+    img = viz.overlay(rgb, labels, palette, float(np.clip(opacity, 0.0, 1.0)), ignore_index=BACKGROUND)
     if not points:
         return img
     h, w = labels.shape
@@ -137,13 +125,13 @@ def draw_detections(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, capt
     """
     h, w = rgb.shape[:2]
     if masks is not None and len(masks):
-        painted = np.full((h, w), UNLABELLED, np.int64)
+        painted = np.full((h, w), BACKGROUND, np.int64)
         for i in np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable"):
             painted[masks[i]] = labels[i]  # the largest first: a cup's mask shows over the table's
         img = draw_segmentation(rgb, painted, palette, (), mask_opacity)
     else:
         img = Image.fromarray(rgb)
-    size = int(np.clip(min(h, w) / 24, 12, 32))
+    size = max(12, math.ceil(max(h, w) * TAG_TEXT_SHARE))
     font, pad, width = _font(size), max(2, size // 5), max(2, round(min(h, w) / 250))
     draw = ImageDraw.Draw(img)
     tags, taken = [], []

@@ -12,27 +12,26 @@ import numpy as np
 
 from .drawing import draw_segmentation, hex_color
 from .errors import UserError
-from .outputs import caption
-from .scoremaps import colour_bar, faint_photo, score_panel
+from .outputs import JPEG, caption, draw_panel
 
-LEGEND_ROWS = 20  # classes listed in the legend (the JSON has all)
+LEGEND_ROWS = 24  # classes listed in the legend (the JSON has all)
 
 
-def _load(state: dict, name: str) -> np.ndarray:
+def load(state: dict, name: str, mmap: bool = False) -> np.ndarray:
     path = Path(state["folder"]) / name
     if not path.is_file():
         raise UserError("This result has expired on the server. Press Segment again.")
-    return np.load(path)
+    return np.load(path, mmap_mode="r" if mmap else None)
 
 
 def recolour(state: dict, opacity: float) -> str:
     """The segmentation drawn again at `opacity`, as a new file (a file once offered is never rewritten)."""
-    labels, rgb = _load(state, "labels.npy"), _load(state, "image.npy")
+    labels, rgb = load(state, "labels.npy").astype(np.int64), load(state, "image.npy")
     points = {int(k): tuple(v) for k, v in state["points"].items()}
     palette = np.asarray(state["palette"], np.uint8)
     img = draw_segmentation(rgb, labels, palette, state["names"], opacity, points)
-    path = Path(state["folder"]) / f"{state['stem']}_segmentation_{uuid.uuid4().hex[:8]}.png"
-    img.save(path)
+    path = Path(state["folder"]) / f"{state['stem']}_segmentation_{uuid.uuid4().hex[:8]}.jpg"
+    img.save(path, **JPEG)
     return str(path)
 
 
@@ -43,12 +42,8 @@ def score_map(state: dict, name: str) -> tuple[str, str]:
     k = state["names"].index(name)
     drawn = state["drawn"].get(str(k))
     if drawn is None:
-        maps, rgb = _load(state, "maps.npy").astype(np.float32), _load(state, "image.npy")
-        lo, hi = state["range"]
-        panel = score_panel(maps[k], faint_photo(rgb, (maps.shape[2], maps.shape[1])), lo, hi,
-                            colour_bar(lo, hi, state["unit"], maps.shape[1]))
-        drawn = str(Path(state["folder"]) / f"{state['stem']}_scores_class{k:03d}.png")
-        panel.save(drawn)
+        maps, rgb = load(state, "maps.npy").astype(np.float32), load(state, "image.npy")
+        drawn = draw_panel(Path(state["folder"]), state["stem"], k, maps, rgb, *state["range"])
         state["drawn"][str(k)] = drawn
     return drawn, caption(name, state["coverage"][k])
 
@@ -66,8 +61,8 @@ def gallery_with(state: dict, name: str) -> tuple[list[tuple[str, str]], int]:
 
 def at_pixel(state: dict, x: int, y: int, top: int = 3) -> str:
     """What is at pixel (x, y) of the segmentation: its class and the best `top` scores there (Markdown)."""
-    labels = _load(state, "labels.npy")
-    maps = np.load(Path(state["folder"]) / "maps.npy", mmap_mode="r")
+    labels = load(state, "labels.npy", mmap=True)
+    maps = load(state, "maps.npy", mmap=True)
     h, w = labels.shape
     if not (0 <= x < w and 0 <= y < h):
         return ""
@@ -78,15 +73,14 @@ def at_pixel(state: dict, x: int, y: int, top: int = 3) -> str:
     names = state["names"]
     listed = ", ".join(f"{names[i]} {scores[i]:.2f}" for i in best)
     if k < 0:
-        why = f" (below the threshold {state['threshold']:.2f})" if state.get("threshold") is not None else ""
+        why = f" (best score below {state['threshold']:.2f})" if state.get("threshold") is not None else ""
         return f"At ({x}, {y}): **unlabelled**{why} · {state['unit']}: {listed}"
     return f"At ({x}, {y}): **{names[k]}** · {state['unit']}: {listed}"
 
 
 def legend_rows(state: dict, rows: int = LEGEND_ROWS) -> tuple[list[tuple[str, str, float]], int]:
-    """(name, colour, coverage) of the classes present, largest first, at most `rows`; and how many
-    more classes are present."""
-    present = [k for k in state["order"] if state["coverage"][k] > 0]
-    palette = state["palette"]
-    shown = [(state["names"][k], hex_color(palette[k]), state["coverage"][k]) for k in present[:rows]]
-    return shown, len(present) - len(shown)
+    """(name, colour, coverage) of every class, largest first (those at 0% too), at most `rows`; and how
+    many more classes there are."""
+    order, palette = state["order"], state["palette"]
+    shown = [(state["names"][k], hex_color(palette[k]), state["coverage"][k]) for k in order[:rows]]
+    return shown, len(order) - len(shown)
