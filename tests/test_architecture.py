@@ -100,10 +100,12 @@ def test_ground_modules_import_no_model_code():
 
 def test_library_size_stays_small():
     lines = sum(len(p.read_text("utf-8").splitlines()) for p in LIBRARY.rglob("*.py"))
-    # 5,600 after the redesign (issue 10); since then the training-free methods and the 8 benchmarks'
-    # readers (issue 12, ~1,050), mmdetection's test semantics for the authors' detectors (issue 13, ~450)
-    # and the tutorials' toy CLIP (issue 14, ~250). Raise it only for a capability, never for copies.
-    assert lines <= 7500, f"the library has {lines} lines"
+    # 7,422 before issue 19 made each thing be done once; 6,700 since, with every feature: the copies went
+    # (segmentation and detection share building, loading and the score maps; one image I/O path; the
+    # dependencies' text classifier, state-dict reader and box conversions), and what only the scripts
+    # use lives with them in train/ (the benchmarks' readers, COCO evaluation, the toy CLIP's training,
+    # the synthetic detection set). Raise it only for a capability, never for copies.
+    assert lines <= 6700, f"the library has {lines} lines"
     big = {p.relative_to(ROOT).as_posix(): n for p in LIBRARY.rglob("*.py")
            if (n := len(p.read_text("utf-8").splitlines())) > 450}
     assert not big, f"files past ~400 lines: split them: {big}"
