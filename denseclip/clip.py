@@ -30,7 +30,8 @@ def _offline_help(model_name: str, tag: str, reason: str) -> str:
             "weights (tests, UI checks).")
 
 
-def _find_in_weights_dir(model_name: str, tag: str) -> str | None:
+def weights_dir_file(model_name: str, tag: str) -> str | None:
+    """The weights file of (model, tag) in the folder named by DENSECLIP_WEIGHTS_DIR, or None (no Hub)."""
     folder = os.environ.get(WEIGHTS_DIR_ENV)
     if not folder:
         return None
@@ -74,7 +75,7 @@ def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
 def clip_weights_file(model_name: str, tag: str) -> Path:
     """The weights file of an open_clip (model, tag): DENSECLIP_WEIGHTS_DIR, then the Hub (or its cache)."""
 
-    found = _find_in_weights_dir(model_name, tag)
+    found = weights_dir_file(model_name, tag)
     if found:
         return Path(found)
     repo_id, names = hub_weights(model_name, tag)

@@ -130,6 +130,17 @@ def test_dense_embeddings_shape_and_method_errors(rn, vit):
     assert vit.options(method="sclip", residual=False).residual is False
 
 
+@pytest.mark.parametrize("kind, stride", [("rn", 32), ("vit", 16)])
+def test_image_embeddings_are_the_cells_covering_the_working_image(kind, stride, rn, vit):
+    zs = rn if kind == "rn" else vit
+    x = zs.working_image(_image(70, 100), 96)
+    assert x.shape[2:] == (96, 137)
+    emb = zs.image_embeddings(x)
+    assert emb.shape == (32, -(-96 // stride), -(-137 // stride))  # the last column is partly padding
+    padded = F.pad(x, (0, -137 % stride, 0, -96 % stride))
+    torch.testing.assert_close(emb, zs.dense_embeddings(padded)[0][:, :emb.shape[1], :emb.shape[2]])
+
+
 def test_method_and_pamr_per_call_on_one_tower(vit):
     """One segmenter, every ViT method per call: each equals a segmenter built with that method."""
     img = _image(seed=6)

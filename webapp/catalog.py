@@ -15,7 +15,6 @@ MaskCLIP about 30. ClearCLIP stays in the list for comparison; the ResNets run M
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,7 @@ def weights_on_disk(spec: ModelSpec) -> bool:
 
     from denseclip import clip
 
-    if os.environ.get(clip.WEIGHTS_DIR_ENV) and clip._find_in_weights_dir(spec.source, PRETRAINED):
+    if clip.weights_dir_file(spec.source, PRETRAINED):
         return True
     repo, files = clip.hub_weights(spec.source, PRETRAINED)
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)

@@ -26,7 +26,6 @@ from .results import load
 from .scoremaps import faint_photo, panel_size, score_panel
 
 EMBEDDINGS = "embeddings.npy"
-PAD_TO = 32  # the image is padded to a multiple of this (CLIP ViTs' patches, ResNets' stride)
 
 
 def embeddings(registry: ModelRegistry, state: dict) -> np.ndarray:
@@ -47,14 +46,9 @@ def embeddings(registry: ModelRegistry, state: dict) -> np.ndarray:
 
 def dense_embeddings(model, rgb: np.ndarray, method: str | None) -> torch.Tensor:
     """(D, h, w) float32 dense embeddings of the image at the segmenter's working size, for `method`: the
-    feature cells that cover the image (those of the padding cut off)."""
+    feature cells that cover the image."""
     opts = model.options(**({"method": method} if method else {}))
-    x = model.working_image(rgb, opts.size, opts.max_long_side)
-    h, w = x.shape[2:]
-    x = F.pad(x, (0, -w % PAD_TO, 0, -h % PAD_TO))  # zeros: the mean colour, once normalised
-    dense = model.dense_embeddings(x, options=opts)[0]
-    stride = x.shape[3] // dense.shape[2]
-    return dense[:, : -(-h // stride), : -(-w // stride)]
+    return model.image_embeddings(model.working_image(rgb, opts.size, opts.max_long_side), opts)
 
 
 def similar_regions(registry: ModelRegistry, state: dict, x: int, y: int) -> tuple[str, str]:

@@ -273,7 +273,7 @@ def _zero_shot(spec: ModelSpec, device: str, dtype: torch.dtype) -> torch.nn.Mod
     if spec.source == TOY:
         from denseclip import toy
 
-        return ZeroShotSegmenter(toy.toy_clip(progress=False), toy.TOY_CLIP_NAME, pretrained=TOY,
+        return ZeroShotSegmenter(toy.toy_clip(), toy.TOY_CLIP_NAME, pretrained=TOY,
                                  method="maskclip", size=TOY_SIZE)
     if spec.pretrained is None:
         return _tiny_zero_shot()

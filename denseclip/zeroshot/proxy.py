@@ -26,9 +26,9 @@ def proxy_weights_file(name: str) -> Path:
     """The released timm weights of `name`: from DENSECLIP_WEIGHTS_DIR, else the Hub (or its cache)."""
     import timm
 
-    from ..clip import WEIGHTS_DIR_ENV, _find_in_weights_dir
+    from ..clip import WEIGHTS_DIR_ENV, weights_dir_file
 
-    found = _find_in_weights_dir(name, "timm")
+    found = weights_dir_file(name, "timm")
     if found:
         return Path(found)
     cfg = timm.models.get_pretrained_cfg(name)

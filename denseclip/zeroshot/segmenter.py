@@ -304,20 +304,32 @@ class ZeroShotSegmenter(nn.Module):
             glob = pool.c_proj(attention(q, k, v, pool.num_heads)[0])[:, 0]
         return dense, glob
 
+    def _padded_dense(self, x: torch.Tensor, opts: PredictOptions, need_global: bool = False):
+        """Normalised images (B, 3, h, w) padded to the method's multiple (zeros: the mean colour, once
+        normalised) -> dense embeddings (, global), and the extent (h/s, w/s) of the cells covering them."""
+        stride, pad_to = self._grid(opts)
+        h, w = x.shape[2:]
+        out = self.dense_embeddings(F.pad(x, (0, -w % pad_to, 0, -h % pad_to)), need_global, opts)
+        return out, (h / stride, w / stride)
+
+    def image_embeddings(self, x: torch.Tensor, options: PredictOptions | None = None,
+                         **changes) -> torch.Tensor:
+        """The working image (1, 3, h, w) -> the dense embeddings of the feature cells that cover it
+        (D, ceil(h/s), ceil(w/s)), float32, for the method of `options` / `changes`."""
+        dense, (eh, ew) = self._padded_dense(x, self.options(options, **changes))
+        return dense[0, :, :math.ceil(eh), :math.ceil(ew)]
+
     def _score_maps(self, x: torch.Tensor, text: torch.Tensor, opts: PredictOptions,
                     redundant: torch.Tensor | None = None):
         """Normalised images (B, 3, h, w) -> score maps (B, Q, h', w') of the input padded to the method's
         multiple, and the extent (h/s, w/s) of the feature cells that cover the unpadded input."""
-        stride, pad_to = self._grid(opts)
-        h, w = x.shape[2:]
-        x = F.pad(x, (0, -w % pad_to, 0, -h % pad_to))  # zeros: the mean colour, once normalised
         if opts.method != "clip_surgery":
-            return score_maps(self.dense_embeddings(x, False, opts), text), (h / stride, w / stride)
-        dense, glob = self.dense_embeddings(x, True, opts)
+            dense, extent = self._padded_dense(x, opts)
+            return score_maps(dense, text), extent
+        (dense, glob), extent = self._padded_dense(x, opts, need_global=True)
         cls_scores = F.normalize(glob, dim=-1) @ text.T  # the class token: the authors' image_features[:, :1]
-        maps = score_maps(dense, text)
-        maps = feature_surgery(maps, cls_scores, None if redundant is None else score_maps(dense, redundant))
-        return maps, (h / stride, w / stride)
+        empty = None if redundant is None else score_maps(dense, redundant)
+        return feature_surgery(score_maps(dense, text), cls_scores, empty), extent
 
     def working_image(self, rgb: np.ndarray, size: int, max_long_side: int | None = None,
                       antialias: bool = True) -> torch.Tensor:
