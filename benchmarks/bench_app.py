@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the web app (webapp/) beside the library, as `python app.py` sees it
 PHOTO = ROOT / "examples" / "astronaut.jpg"  # 512 x 512
 NAMES = "astronaut, American flag, space helmet, space shuttle model, wall, face, glove, suit"
 CLIPS = ("ViT-B-16", "RN50", "RN101")

@@ -43,6 +43,9 @@ ZERO_SHOT_MODELS: tuple[ZeroShotModel, ...] = (
     ZeroShotModel("CLIP RN101 · MaskCLIP", "RN101", "maskclip"),
 )
 TOY_MODEL = ZeroShotModel("Offline demo model", TOY, "maskclip")
+# The working image's short side per CLIP where it is not the library's 448: ViT-B/16 at 336, the short side
+# NACLIP and SCLIP evaluate at (21 x 21 patches), answers in half the time (measured 0.25 vs 0.53 s, bf16).
+WORKING_SIZE = {"ViT-B-16": 336}
 
 
 @dataclass(frozen=True)

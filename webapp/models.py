@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .catalog import TOY, ModelSpec, weights_on_disk
+from .catalog import TOY, WORKING_SIZE, ModelSpec, weights_on_disk
 from .errors import UserError
 from .hub import CHECKPOINT_FILE, REPO_ID, HubAccess, fetch_checkpoint
 
@@ -277,8 +277,9 @@ def _zero_shot(spec: ModelSpec, device: str, dtype: torch.dtype) -> torch.nn.Mod
                                  method="maskclip", size=TOY_SIZE)
     if spec.pretrained is None:
         return _tiny_zero_shot()
+    size = {"size": WORKING_SIZE[spec.source]} if spec.source in WORKING_SIZE else {}
     return ZeroShotSegmenter.from_pretrained(spec.source, pretrained=spec.pretrained, device=device,
-                                             dtype=dtype)
+                                             dtype=dtype, **size)
 
 
 def _segmentation_checkpoint(spec: ModelSpec, hub: HubAccess) -> torch.nn.Module:
