@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # bench_detection's helpers, the authors' forward
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "tests")]  # helpers, train/, the authors
 
 RN50 = dict(layers=(3, 4, 6, 3), width=64, embed_dim=1024, input_resolution=512, text_width=512, text_heads=8,
             text_layers=12, decoder_width=256, decoder_heads=4, decoder_layers=3, neck_channels=256,
