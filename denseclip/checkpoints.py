@@ -12,6 +12,7 @@ the model a checkpoint or a config describes, for both tasks (`load_checkpoint` 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_json(path: str | Path, data) -> Path:
+    """Strict JSON (NaN and infinities written as null: JSON has none), written atomically."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False, allow_nan=False), "utf-8")
+    return Path(path)
+
+
 def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Write `model` (anything with a `cfg`) to `path`: a `.safetensors` file, or a folder holding
     model.safetensors + config.json. Written atomically: a crash never leaves half a file."""
@@ -57,8 +72,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict | None = 
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        with atomic_path(path / CONFIG_NAME) as tmp:
-            tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2, ensure_ascii=False), "utf-8")
+        write_json(path / CONFIG_NAME, model.cfg.to_dict())
         path = path / CHECKPOINT_NAME
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "denseclip_config": model.cfg.to_json()}

@@ -6,16 +6,13 @@ CLIP weights can be downloaded (offline, CI), the app's offline default, and a s
     path = toy.toy_clip_file()            # its weights file: clip_pretrained=str(path) in a model config
     cfg = toy.toy_config(prompt={"num_contexts": 4})   # a DenseCLIPConfig around it (5 classes, 128 px)
 
-The world is the synthetic shapes task of `denseclip.data.synthetic` (sky, tree, road, person, car: each
-class with its own colour, texture and shape). An open_clip CLIP with a ResNet image tower (so the
-attention pool, the value path and DenseCLIP all apply) was trained contrastively, as CLIP was, on random
-crops of those scenes paired with captions that name the classes in the crop (`python -m
-train.train_toy_clip`, about a minute; the shipped file is that recipe's output, reproducible on a machine
-of its kind). Nothing in the loss is dense, and no loss ever sees a pixel label. Yet, as MaskCLIP (Zhou et
-al. 2022) found for real CLIP, the attention pool's *value path* c_proj(v_proj(x_i)) puts every position in
-the text space (zero-shot mIoU 84.4 on held-out synthetic scenes), while the attention pool run with every
-position as a query does not (4.2). Other recipes' weights are written to `DENSECLIP_CACHE` (default
-~/.cache/denseclip) in a file named after the recipe.
+The world is the synthetic task of `denseclip.data.synthetic` (sky, tree, road, person, car, each with its
+own colour, texture and shape). This open_clip CLIP (a ResNet image tower: the attention pool, the value
+path and DenseCLIP all apply) was trained contrastively on crops of those scenes and captions naming their
+classes (`python -m train.train_toy_clip`, about a minute; the shipped file is its output). No loss saw a
+pixel label, yet, as MaskCLIP found for real CLIP, the attention pool's value path c_proj(v_proj(x_i)) puts
+every position in the text space (zero-shot mIoU 84.4 on held-out scenes; the full pool with every
+position a query: 4.2). Other recipes' weights are cached in `DENSECLIP_CACHE` (~/.cache/denseclip).
 """
 
 from __future__ import annotations

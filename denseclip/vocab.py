@@ -1,12 +1,10 @@
 """Class-name vocabularies of the standard benchmarks, and CLIP prompt templates.
 
-The class tuples follow mmsegmentation's dataset classes (order = class index = training label), so
-that predictions of checkpoints trained with mmseg (the DenseCLIP authors' included) line up with
-these names. ``get_class_names`` / ``get_templates`` turn user input (a key, a file, a string, a
-list) into validated tuples.
-
-Importing this module is cheap: the ImageNet templates come from open_clip, which is imported only
-when ``IMAGENET_TEMPLATES`` / ``TEMPLATE_SETS`` / ``get_templates`` are first used.
+The class tuples follow mmsegmentation's (order = class index = training label), so that checkpoints
+trained with mmseg (the DenseCLIP authors') line up with these names. ``get_class_names`` /
+``get_templates`` turn user input (a key, a file, a string, a list) into validated tuples. Importing is
+cheap: open_clip (the ImageNet templates) is imported on first use of ``IMAGENET_TEMPLATES`` /
+``TEMPLATE_SETS`` / ``get_templates``.
 """
 
 from __future__ import annotations

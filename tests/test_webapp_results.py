@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import denseclip
+from denseclip.checkpoints import write_json
 from denseclip.zeroshot import BACKGROUND
 from webapp import drawing, likeness, outputs, pipeline, results
 from webapp.catalog import TINY_DC, TINY_ZS, default_specs
@@ -230,7 +231,7 @@ def test_run_folders_of_servers_that_are_gone_are_removed_at_start(tmp_path):
 
 
 def test_json_files_hold_valid_json(tmp_path):
-    outputs.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": 2}}

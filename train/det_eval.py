@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torchvision.ops import box_convert
 from tqdm.auto import tqdm
 
-from .engine.logger import write_json
+from denseclip.checkpoints import write_json
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 AREA_RANGES = {"AP": (0, 1e10), "AP50": (0, 1e10), "AP75": (0, 1e10), "APs": (0, 32 ** 2),  # COCOeval's

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from denseclip.checkpoints import write_json
 from denseclip.data import ADE20KDataset, COCOStuffDataset
 from denseclip.metrics import SegMetric
 from denseclip.zeroshot import (
@@ -46,7 +47,6 @@ from denseclip.zeroshot import (
     upsample,
 )
 
-from .engine.logger import write_json
 from .zeroshot_data import (
     CityscapesDataset,
     COCOObjectDataset,

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from denseclip import viz
+from denseclip.checkpoints import write_json
 
 from .catalog import ModelSpec
 from .drawing import draw_detections, hex_color
 from .errors import Note, UserError
 from .models import ModelRegistry
-from .outputs import JPEG, file_stem, write_json
+from .outputs import JPEG, file_stem
 from .pipeline import COMPUTE, Limits, check_number, prepare, require_image
 
 if TYPE_CHECKING:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import json
-import math
 import os
 import re
 import shutil
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from denseclip import viz
+from denseclip.checkpoints import write_json
 from denseclip.zeroshot import BACKGROUND
 
 from .drawing import draw_segmentation, hex_color, label_points
@@ -125,20 +124,6 @@ def remove_stale_runs(runs: Path, keep: Path) -> int:
         shutil.rmtree(run, ignore_errors=True)
         removed += 1
     return removed
-
-
-def write_json(path: Path, record: dict) -> None:
-    """Valid JSON: NaN and infinities written as null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    path.write_text(json.dumps(clean(record), indent=2, ensure_ascii=False, allow_nan=False), "utf-8")
 
 
 @dataclass

@@ -33,10 +33,6 @@ class ClassQueries:
     def num_classes(self) -> int:
         return len(self.names)
 
-    @property
-    def one_per_class(self) -> bool:
-        return self.query_class[:self.num_classes] == tuple(range(self.num_classes))
-
     def class_tensor(self) -> torch.Tensor:
         return torch.tensor(self.query_class, dtype=torch.long)
 

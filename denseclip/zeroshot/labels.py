@@ -1,10 +1,9 @@
 """Labels at full size from low-resolution score maps, in memory that grows with H x W, not K x H x W.
 
-Bilinear upsampling (align_corners=False) of K score maps to a large image would hold K x H x W floats.
-`labels_from_maps` upsamples a few maps at a time with F.interpolate and keeps a running maximum, so the
-labels are exactly the argmax of the full-size bilinear maps. The maps are "queries": several may name
-one class (synonyms, the max over them wins, as the peers do for VOC's background), and queries past the
-classes are background pseudo-classes.
+Upsampling K score maps to a large image would hold K x H x W floats: `labels_from_maps` upsamples a few
+at a time (bilinear, align_corners=False) and keeps a running maximum, so the labels are exactly the argmax
+of the full-size maps. The maps are "queries": several may name one class (synonyms: the max wins, as the
+peers do for VOC's background); queries past the classes are background pseudo-classes.
 """
 
 from __future__ import annotations

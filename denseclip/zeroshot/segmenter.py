@@ -1,15 +1,12 @@
 """ZeroShotSegmenter: training-free pixel-text score maps from an open_clip ResNet or ViT.
 
-One loaded CLIP tower serves every method of its kind: the method, its options and PAMR are chosen per
-call (`PredictOptions`); the weights are held once in one dtype (`from_pretrained(dtype="auto")`: bfloat16
-where the device runs it fast), and the final cosine scores, argmax and probabilities are computed in fp32.
-
-Memory: the image is resized (uint8) to a working size (`size` = short side, long side <= `max_long_side`),
-or cut into sliding windows over that working image: the encoder never sees more. Labels (H, W) are at the
-input size and equal the argmax of the full-size bilinear maps (rendered a few maps at a time); `scores` /
-`probs` (K, H, W) float32 are at the input size if K*H*W <= `max_output_elements`, otherwise at the largest
-size of the same aspect ratio within it (`result.full_resolution`; `result.score_map(k)` upsamples one
-class on demand). PAMR refines the maps at that output size, as NACLIP does at the image's size.
+One loaded CLIP tower serves every method of its kind (method, options and PAMR per call: PredictOptions);
+its weights are held once in one dtype (bfloat16 where the device runs it fast); the cosine scores, argmax
+and probabilities are fp32. Memory: the encoder sees the image at a working size (`size` = short side,
+long side <= `max_long_side`, or sliding windows over it). Labels (H, W) are at the input size, the argmax
+of the full-size bilinear maps (a few maps at a time); `scores` / `probs` (K, H, W) too if K*H*W <=
+`max_output_elements`, else at the largest size of the same aspect ratio within it (`full_resolution`;
+`score_map(k)` upsamples one class). PAMR refines the maps at that output size, as NACLIP at the image's.
 """
 
 from __future__ import annotations

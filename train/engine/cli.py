@@ -10,9 +10,10 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from denseclip.checkpoints import write_json
+
 from .config import load_run_config
 from .distributed import distributed_session
-from .logger import write_json
 
 
 def _parser(doc: str | None) -> argparse.ArgumentParser:

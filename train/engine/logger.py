@@ -17,8 +17,6 @@ from pathlib import Path
 
 import torch
 
-from denseclip.checkpoints import atomic_path
-
 
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA max allocated on GPU, max resident set size on CPU."""
@@ -88,18 +86,3 @@ class RunLogger:
             if h is not None:
                 h.close()
         self.bar = self.tb = self._text = self._jsonl = None
-
-
-def write_json(path: Path, data: dict) -> None:
-    """JSON with NaN written as null (strict JSON readers reject NaN); atomic."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False), "utf-8")

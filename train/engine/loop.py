@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from denseclip.checkpoints import save_checkpoint
+from denseclip.checkpoints import save_checkpoint, write_json
 
 from .amp import Amp
 from .bn_stats import BatchNormReplay
@@ -38,7 +38,7 @@ from .checkpoint import load_training_state, load_weights_into, rng_state, set_r
 from .config import TrainConfig
 from .distributed import DistEnv, accumulation_steps, all_reduce_mean, barrier
 from .hub import recipe
-from .logger import RunLogger, peak_memory_mb, write_json
+from .logger import RunLogger, peak_memory_mb
 from .sampling import step_seed
 from .schedule import build_optimizer, set_lr
 
