@@ -177,7 +177,8 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source:
 
 
 class HubMixin(ModelHubMixin, library_name="denseclip", license="apache-2.0",
-               repo_url="https://github.com/raoyongming/DenseCLIP", paper_url="https://arxiv.org/abs/2112.01518"):
+               paper_url="https://arxiv.org/abs/2112.01518",
+               repo_url="https://github.com/raoyongming/DenseCLIP"):
     """huggingface_hub's save_pretrained / from_pretrained / push_to_hub in our checkpoint format, with a
     model card. A subclass says how to load a checkpoint file (`load_file`) and what its card says."""
 
