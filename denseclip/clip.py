@@ -72,6 +72,17 @@ def fast_dtype(device: str | torch.device = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """"auto" (the device's `fast_dtype`), a name, a torch dtype or None (float32), checked for the device."""
+    if dtype == "auto":
+        dtype = fast_dtype(device)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
+    if dtype == torch.float16 and torch.device(device).type == "cpu":
+        raise ValueError("float16 on a CPU is emulated and very slow: use torch.bfloat16 (fast on CPUs with "
+                         "AVX512-BF16 or AMX) or float32")
+    return dtype
+
+
 def clip_weights_file(model_name: str, tag: str) -> Path:
     """The weights file of an open_clip (model, tag): DENSECLIP_WEIGHTS_DIR, then the Hub (or its cache)."""
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from denseclip.clip import resolve_dtype
+
 from .catalog import TOY, WORKING_SIZE, ModelSpec, weights_on_disk
 from .errors import UserError
 from .hub import CHECKPOINT_FILE, REPO_ID, HubAccess, fetch_checkpoint
@@ -45,15 +47,6 @@ def operator_help(spec: ModelSpec, error: BaseException) -> str:
                 "in the folder named by DENSECLIP_WEIGHTS_DIR, or let the server reach the Hugging Face Hub "
                 "(unset HF_HUB_OFFLINE); meanwhile visitors get the other models.")
     return f"{spec.label} could not be loaded: {type(error).__name__}: {error}"
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
-    """"auto": the precision `device` computes fastest at CLIP's accuracy (denseclip.clip.fast_dtype)."""
-    from denseclip import clip
-
-    if dtype == "auto":
-        return clip.fast_dtype(device)
-    return dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
 
 
 class ModelRegistry:

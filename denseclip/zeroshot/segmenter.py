@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..clip import resolve_dtype
 from ..data.images import load_image
 from ..data.transforms import keep_ratio_size, normalize_image
 from ..encoders.clip_resnet import CLIPResNetEncoder
@@ -89,19 +90,6 @@ def _tokenizer(model_name: str, context_length: int):
     if open_clip.get_model_config(model_name) is not None:
         return open_clip.get_tokenizer(model_name)
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-
-
-def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto" (the device's fast dtype), a name, a torch dtype or None (float32), checked for the device."""
-    from ..clip import fast_dtype
-
-    if dtype == "auto":
-        dtype = fast_dtype(device)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
-    if dtype == torch.float16 and torch.device(device).type == "cpu":
-        raise ValueError("float16 on a CPU is emulated and very slow: use torch.bfloat16 (fast on CPUs with "
-                         "AVX512-BF16 or AMX) or float32")
-    return dtype
 
 
 class ZeroShotSegmenter(nn.Module):
@@ -170,7 +158,7 @@ class ZeroShotSegmenter(nn.Module):
                           "are meaningless. Use pretrained='openai' or a local weights file.", stacklevel=2)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         zs = cls(clip, model_name, pretrained=pretrained, **defaults)
-        return zs.to(device=device, dtype=_dtype(dtype, device))
+        return zs.to(device=device, dtype=resolve_dtype(dtype, device))
 
     @property
     def method(self) -> str:
@@ -276,7 +264,7 @@ class ZeroShotSegmenter(nn.Module):
         and with return_global CLIP's global embedding (B, D) (equals encode_image at the native size).
         The method and its options: `options` / `changes` (PredictOptions fields), else the defaults."""
         opts = self.options(options, **changes)
-        x = x.to(self.device, _dtype(self.dtype, self.device))
+        x = x.to(self.device, resolve_dtype(self.dtype, self.device))
         if self.is_vit:
             proxy = self._proxy() if opts.method == "proxyclip" else None
             dense, glob = vit_dense(self.encoder, x, opts, proxy, return_global)
